@@ -1,0 +1,94 @@
+"""Chat templates: the tokenizer's own, a built-in one by name, inline Jinja, or a .jinja file.
+
+A built-in template's special tokens are added to the tokenizer (and the model's embeddings resized) so that
+each is one token, and everything is saved with the model."""
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from sft.errors import UserError
+
+# name -> special tokens the template needs as single tokens
+BUILTIN_TEMPLATES = {
+    "chatml": ["<|im_start|>", "<|im_end|>"],
+    "llama3": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    "mistral": ["[INST]", "[/INST]"],
+    "zephyr": ["<|system|>", "<|user|>", "<|assistant|>"],
+    "gemma": ["<start_of_turn>", "<end_of_turn>"],
+    "alpaca": [],
+}
+
+
+def builtin_template(name: str) -> str:
+    return resources.files("sft").joinpath(f"templates/{name}.jinja").read_text()
+
+
+def resolve_template(value: str | None, path: str | None, source: str) -> tuple[str | None, list[str]]:
+    """(Jinja text or None for the tokenizer's own, special tokens to add) from the recipe's settings."""
+    if path:
+        value = path
+    if not value:
+        return None, []
+    if value in BUILTIN_TEMPLATES:
+        return builtin_template(value), BUILTIN_TEMPLATES[value]
+    if "{%" in value or "{{" in value:
+        return value, []
+    if value.endswith(".jinja") or Path(value).is_file():
+        if not Path(value).is_file():
+            raise UserError(f"{source}: chat template file {value} not found")
+        return Path(value).read_text(), []
+    raise UserError(
+        f"{source}: chat_template {value!r} is not a built-in template ({', '.join(BUILTIN_TEMPLATES)}), "
+        "inline Jinja, or a .jinja file"
+    )
+
+
+def apply_template(tokenizer, recipe) -> list[str]:
+    """Set the recipe's chat template on the tokenizer. Returns the special tokens added (the caller resizes)."""
+    template, tokens = resolve_template(recipe.sft.chat_template, recipe.training.chat_template_path, recipe.source)
+    added = []
+    if template is not None:
+        new = [t for t in tokens if t not in tokenizer.get_vocab()]
+        if new:
+            tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+            added = new
+        tokenizer.chat_template = template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return added
+
+
+def needs_chat_template(fmt: str, recipe) -> bool:
+    return fmt in ("chat", "sharegpt") or (fmt == "instruction" and recipe.sft.instruction_template == "chat")
+
+
+def check_has_template(tokenizer, source: str) -> None:
+    if not tokenizer.chat_template:
+        raise UserError(
+            f"{source}: the tokenizer has no chat template and chat data needs one; set chat_template to one of "
+            f"{', '.join(BUILTIN_TEMPLATES)}, inline Jinja, or a .jinja file"
+        )
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the template writes right after an assistant turn: what generation must stop on."""
+    from sft.masks import OPEN, CLOSE, special_token_pattern
+
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"{OPEN}ok{CLOSE}"}]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:
+        return tokenizer.eos_token
+    after = text.split(CLOSE, 1)[-1] if CLOSE in text else ""
+    match = special_token_pattern(tokenizer).match(after)
+    if not match:
+        return tokenizer.eos_token
+    return re.sub(r"^[ \t\n]*", "", match.group(0))[: _first_token_length(tokenizer, match.group(0).lstrip())]
+
+
+def _first_token_length(tokenizer, text: str) -> int:
+    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+        if text.startswith(token):
+            return len(token)
+    return len(text)

@@ -1,0 +1,39 @@
+"""What the machine can do, and the recipe values that follow from it (precision, distributed backend)."""
+
+import os
+
+# Values chosen here for this machine; the resolved recipe leaves them out unless the recipe set them.
+HARDWARE_KEYS = ("bf16", "fp16", "ddp_backend", "use_cpu")
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def adapt_training_values(values: dict) -> list[str]:
+    """Fill precision and backend for this machine. Returns one note per decision the user should know about."""
+    notes = []
+    if not has_gpu():
+        wanted = [k for k in ("bf16", "fp16") if values.get(k)]
+        values["bf16"] = values["fp16"] = False
+        extra = f" ({' and '.join(wanted)} from the recipe turned off)" if wanted else ""
+        if world_size() > 1:
+            # Without gloo, accelerate picks no backend on a CPU box and every process trains alone.
+            values.setdefault("ddp_backend", "gloo")
+            extra += f", {world_size()} processes over gloo"
+        notes.append(f"no GPU found: training on CPU in float32{extra}")
+        if values.get("load_in_4bit") or values.get("load_in_8bit"):
+            values.setdefault("bnb_4bit_quant_storage", "float32")
+    else:
+        import torch
+
+        if "bf16" not in values and "fp16" not in values:
+            values["bf16"] = torch.cuda.is_bf16_supported()
+            values["fp16"] = not values["bf16"]
+    return notes
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,113 @@
+"""Model loading for each method: full, LoRA (16-bit or 8-bit base), QLoRA (4-bit NF4 base) and freeze."""
+
+import re
+from pathlib import Path
+
+from sft.errors import UserError
+
+
+def check_model_source(recipe) -> None:
+    """Fail early, before any data work, when a local-looking model path does not exist."""
+    name = recipe.model.model_name_or_path
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if looks_local and not Path(name).expanduser().exists():
+        raise UserError(f"{recipe.source}: model_name_or_path {name} does not exist")
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise UserError(f"{recipe.source}: model_name_or_path {name} is a folder without config.json")
+
+
+def load_tokenizer(recipe):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            recipe.model.model_name_or_path,
+            revision=recipe.model.model_revision,
+            trust_remote_code=recipe.training.trust_remote_code,
+        )
+    except OSError as err:
+        raise UserError(f"{recipe.model.model_name_or_path}: cannot load tokenizer: "
+                        f"{str(err).splitlines()[0]}") from err
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    return getattr(torch, name)
+
+
+def quantization_config(recipe):
+    """4-bit NF4 with double quantization, compute dtype and storage dtype consistent (ZeRO-3 shards storage)."""
+    from transformers import BitsAndBytesConfig
+
+    model_args = recipe.model
+    if model_args.load_in_4bit:
+        compute = "bfloat16" if recipe.training.bf16 else "float16" if recipe.training.fp16 else "float32"
+        storage = model_args.bnb_4bit_quant_storage or compute
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+            bnb_4bit_compute_dtype=torch_dtype(compute),
+            bnb_4bit_quant_storage=torch_dtype(storage),
+        )
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_model(recipe, tokenizer, added_tokens: list[str]):
+    from transformers import AutoModelForCausalLM
+
+    model_args = recipe.model
+    kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=recipe.training.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=torch_dtype(model_args.dtype),
+        use_safetensors=True if not recipe.training.trust_remote_code else None,
+    )
+    quant = quantization_config(recipe)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["dtype"] = quant.bnb_4bit_compute_dtype if model_args.load_in_4bit else kwargs["dtype"]
+    kwargs.update(recipe.training.model_init_kwargs or {})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+    except OSError as err:
+        raise UserError(f"{model_args.model_name_or_path}: cannot load model: {str(err).splitlines()[0]}") from err
+    if added_tokens or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if recipe.sft.method == "freeze":
+        freeze(model, recipe.sft.trainable_layers, recipe.sft.trainable_modules)
+    return model
+
+
+def freeze(model, trainable_layers: int | None, trainable_modules: list[str] | None) -> list[str]:
+    """Train only the last N transformer blocks and parameters matching the patterns. Returns trained names."""
+    layer_index = re.compile(r"\.layers\.(\d+)\.")
+    indices = sorted({int(m.group(1)) for n, _ in model.named_parameters() if (m := layer_index.search(n))})
+    if trainable_layers and trainable_layers > len(indices):
+        raise UserError(f"trainable_layers is {trainable_layers} but the model has only {len(indices)} blocks")
+    last = set(indices[-trainable_layers:]) if trainable_layers else set()
+    patterns = [re.compile(p) for p in trainable_modules or []]
+    trained = []
+    for name, param in model.named_parameters():
+        m = layer_index.search(name)
+        keep = (m is not None and int(m.group(1)) in last) or any(p.search(name) for p in patterns)
+        param.requires_grad_(keep)
+        if keep:
+            trained.append(name)
+    if not trained:
+        raise UserError(f"trainable_modules {trainable_modules} match no parameter of the model")
+    return trained
+
+
+def peft_config(recipe):
+    if not recipe.model.use_peft:
+        return None
+    from trl import get_peft_config
+
+    return get_peft_config(recipe.model)
