@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny models built locally (never downloaded), and a helper that runs the real CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny Llama with a character tokenizer and a ChatML template, saved as an ordinary model folder."""
+    from sft.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-char")
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_model(tmp_path_factory) -> Path:
+    """The same with a byte-level BPE tokenizer whose merges cross template boundaries."""
+    from sft.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-bpe", kind="bpe")
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600, check=False):
+    """Run `sft ARGS` (or `python sft/run.py ARGS` when args[0] == "run.py") in a subprocess, as a user would."""
+    if args and args[0] == "run.py":
+        cmd = [sys.executable, str(REPO / "sft" / "run.py"), *map(str, args[1:])]
+    else:
+        cmd = [sys.executable, "-m", "sft.cli", *map(str, args)]
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def write_recipe(path: Path, **values) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
