@@ -1,9 +1,9 @@
 """Chat templates: the tokenizer's own, a built-in one by name, inline Jinja, or a .jinja file.
 
 A built-in template's special tokens are added to the tokenizer (and the model's embeddings resized) so that
-each is one token, and everything is saved with the model."""
+each is one token, and everything is saved with the model. chatml and llama3 render tool calls and tool turns;
+mistral and gemma require alternating user/assistant turns; alpaca is an instruction-style template."""
 
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -44,9 +44,10 @@ def resolve_template(value: str | None, path: str | None, source: str) -> tuple[
     )
 
 
-def apply_template(tokenizer, recipe) -> list[str]:
-    """Set the recipe's chat template on the tokenizer. Returns the special tokens added (the caller resizes)."""
-    template, tokens = resolve_template(recipe.sft.chat_template, recipe.training.chat_template_path, recipe.source)
+def set_template(tokenizer, value: str | None, path: str | None = None, source: str = "recipe") -> list[str]:
+    """Set a chat template (name, Jinja or file; None keeps the tokenizer's own). Returns the special tokens added
+    (the caller resizes the model's embeddings)."""
+    template, tokens = resolve_template(value, path, source)
     added = []
     if template is not None:
         new = [t for t in tokens if t not in tokenizer.get_vocab()]
@@ -57,6 +58,11 @@ def apply_template(tokenizer, recipe) -> list[str]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return added
+
+
+def apply_template(tokenizer, recipe) -> list[str]:
+    """Set the recipe's chat template on the tokenizer. Returns the special tokens added (the caller resizes)."""
+    return set_template(tokenizer, recipe.sft.chat_template, recipe.training.chat_template_path, recipe.source)
 
 
 def needs_chat_template(fmt: str, recipe) -> bool:
@@ -73,22 +79,6 @@ def check_has_template(tokenizer, source: str) -> None:
 
 def end_of_turn_token(tokenizer) -> str | None:
     """The special token the template writes right after an assistant turn: what generation must stop on."""
-    from sft.masks import OPEN, CLOSE, special_token_pattern
+    from sft.masks import end_of_turn_token as find
 
-    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"{OPEN}ok{CLOSE}"}]
-    try:
-        text = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:
-        return tokenizer.eos_token
-    after = text.split(CLOSE, 1)[-1] if CLOSE in text else ""
-    match = special_token_pattern(tokenizer).match(after)
-    if not match:
-        return tokenizer.eos_token
-    return re.sub(r"^[ \t\n]*", "", match.group(0))[: _first_token_length(tokenizer, match.group(0).lstrip())]
-
-
-def _first_token_length(tokenizer, text: str) -> int:
-    for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
-        if text.startswith(token):
-            return len(token)
-    return len(text)
+    return find(tokenizer)

@@ -4,7 +4,9 @@ import re
 from pathlib import Path
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = "trainer_state.json"  # the Trainer writes it last, so a checkpoint without it is partial
+# Written last, by sft.preemption.MarkCompleteCheckpoints, once every rank has saved its part: a checkpoint
+# without it is partial (the Trainer's own trainer_state.json is written by rank 0 alone, not atomically).
+COMPLETE_MARKER = "sft-complete.json"
 
 
 def complete_checkpoints(output_dir) -> list[Path]:

@@ -9,6 +9,7 @@ import click
 
 import sft.commands
 from sft.errors import exit_on_user_error, take_debug_flag
+from sft.logs import quiet_library_noise
 
 
 class CommandsFromModules(click.Group):
@@ -30,6 +31,7 @@ def cli():
 
 
 def main(argv=None):
+    quiet_library_noise()
     argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     exit_on_user_error(cli.main, args=argv, prog_name="sft", standalone_mode=True)
 

@@ -18,10 +18,19 @@ def adapt_training_values(values: dict) -> list[str]:
     if not has_gpu():
         wanted = [k for k in ("bf16", "fp16") if values.get(k)]
         values["bf16"] = values["fp16"] = False
+        launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if launcher != "no":
+            # An accelerate config's mixed_precision (GPU profiles say bf16) would autocast on CPU: float32 instead.
+            os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
         extra = f" ({' and '.join(wanted)} from the recipe turned off)" if wanted else ""
+        if launcher != "no":
+            extra += f" (mixed_precision {launcher} from the accelerate config turned off)"
         if world_size() > 1:
             # Without gloo, accelerate picks no backend on a CPU box and every process trains alone.
             values.setdefault("ddp_backend", "gloo")
+            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true"):
+                # DDP: without use_cpu accelerate finds no device, skips DDP, and each process trains alone.
+                values.setdefault("use_cpu", True)
             extra += f", {world_size()} processes over gloo"
         notes.append(f"no GPU found: training on CPU in float32{extra}")
         if values.get("load_in_4bit") or values.get("load_in_8bit"):

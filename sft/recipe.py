@@ -71,10 +71,45 @@ class SftArguments:
         default=0.5,
         metadata={"help": "Fail when more than this share of examples lose all trained tokens to max_length."},
     )
+    mask_fallback: str = field(
+        default="error",
+        metadata={"help": "When the chat template rewrites or drops assistant content so that an example's trained "
+                          "tokens cannot be located: 'error' (stop, naming the example), 'last_assistant' (train "
+                          "only its last assistant turn) or 'split_turns' (one example per assistant turn, each "
+                          "the conversation up to that turn).",
+                  "choices": ["error", "last_assistant", "split_turns"]},
+    )
+    data_cache: bool = field(
+        default=True,
+        metadata={"help": "Reuse the tokenized data of an earlier run or `sft check` with the same data, tokenizer, "
+                          "template and settings (kept under $SFT_CACHE_DIR, default the datasets cache)."},
+    )
     resume: bool = field(
         default=True, metadata={"help": "Resume from the newest complete checkpoint in output_dir, if any."}
     )
     env: dict | None = field(default=None, metadata={"help": "Environment variables to set before the run."})
+    global_batch_size: int | None = field(
+        default=None, metadata={"help": "Examples per optimizer step over all processes; sft sets "
+                                        "gradient_accumulation_steps from it and the number of processes "
+                                        "(fails when they do not divide it)."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement of "
+                                        "metric_for_best_model (default eval_loss); needs eval_strategy."}
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Early stopping: the least change of the metric that counts as improvement."}
+    )
+    sample_prompts: list[str] | None = field(
+        default=None, metadata={"help": "User messages answered with the training template every "
+                                        "sample_every_n_steps (default: the first sample_count eval examples)."}
+    )
+    sample_every_n_steps: int | None = field(
+        default=None, metadata={"help": "Write generation samples to output_dir/samples.jsonl and the trackers "
+                                        "every N steps."}
+    )
+    sample_count: int = field(default=3, metadata={"help": "Eval examples to sample from when no sample_prompts."})
+    sample_max_new_tokens: int = field(default=64, metadata={"help": "Longest generation sample, in tokens."})
     provenance: dict | None = field(
         default=None, metadata={"help": "Written by sft into output_dir/recipe.yaml; ignored when read."}
     )
@@ -96,6 +131,10 @@ RENAMED_VALUES = {
 # Keys whose string values are paths; a relative path is looked up from the working directory, then from the
 # recipe's own folder (so a recipe and its data can travel together).
 PATH_KEYS = ("model_name_or_path", "dataset_name", "chat_template_path")
+# Where sft's default differs from TRL's, and why.
+SFT_DEFAULTS = {
+    "include_num_input_tokens_seen": "non_padding",  # the final summary reports tokens seen
+}
 
 
 @dataclass
@@ -261,6 +300,19 @@ def coerce(value, tp):
             except json.JSONDecodeError:
                 pass
         raise _Mismatch("a mapping")
+    if dataclasses.is_dataclass(tp):  # e.g. TRL's DatasetConfig entries of `datasets:`
+        if isinstance(value, tp):
+            return value
+        from sft.data import extended_entry_type
+
+        tp = extended_entry_type(tp)  # DatasetConfig gains sft's per-source keys (format, column_mapping)
+        if not isinstance(value, dict):
+            raise _Mismatch(f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}")
+        hints, names = typing.get_type_hints(tp), {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise _Mismatch(f"a mapping with keys {', '.join(sorted(names))} (unknown: {', '.join(unknown)})")
+        return tp(**{k: coerce(v, hints[k]) for k, v in value.items()})
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         choices = [m.value for m in tp]
         if isinstance(value, tp):
@@ -359,6 +411,8 @@ def load_recipe(address: str, overrides: list[str] | tuple[str, ...] = (), adapt
         os.environ.update({str(k): str(v) for k, v in values["env"].items()})
 
     explicit = dict(values)
+    for key, value in SFT_DEFAULTS.items():
+        values.setdefault(key, value)
     if adapt_to_hardware:
         from sft.hardware import adapt_training_values
 
@@ -429,6 +483,10 @@ def resolved_values(recipe: Recipe) -> dict:
             if f.name in HARDWARE_KEYS and f.name not in recipe.explicit:
                 continue
             out[f.name] = _plain(getattr(obj, f.name))
+    if out.get("env"):  # a token set through `env:` (HF_TOKEN, WANDB_API_KEY, ...) is never written either
+        from sft.hub import redact
+
+        out = redact(out)[0]
     return out
 
 

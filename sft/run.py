@@ -13,43 +13,31 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
     sys.path.pop(0)  # run as a script: import the `sft` package, not sibling modules as top-level ones
 
 
-def say(message: str) -> None:
-    """One line for the user, from the main process only."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"sft: {message}", file=sys.stderr, flush=True)
-
-
 def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    from sft.logs import say
     from sft.recipe import load_recipe
 
     recipe = load_recipe(recipe_address, overrides)
-    for note in recipe.notes:
-        say(note)
+    from sft.profiles import check_running
+
+    recipe.notes += check_running(recipe)  # refuse or fix what cannot work under this launch (ZeRO-3, world size)
 
     # Tokenizer and chat template.
-    from sft.chat_templates import apply_template, check_has_template, end_of_turn_token, needs_chat_template
+    from sft.chat_templates import apply_template, end_of_turn_token
     from sft.modeling import check_model_source, load_tokenizer
 
     check_model_source(recipe)
     tokenizer = load_tokenizer(recipe)
     added_tokens = apply_template(tokenizer, recipe)
 
-    # Data: read every row, render, tokenize and mask (errors name the file and row).
-    from sft.data import default_loss_mode, load_recipe_data
-    from sft.masks import tokenize_dataset
+    # Data: read every row, render, tokenize and mask (errors name the file and row); `sft check` runs the same.
+    from sft.data import prepare_data
 
-    train_rows, eval_rows, info = load_recipe_data(recipe)
-    if needs_chat_template(info["format"], recipe):
-        check_has_template(tokenizer, recipe.source)
-    loss_mode = recipe.sft.loss_mode or default_loss_mode(info["format"])
-    tokenize = dict(tokenizer=tokenizer, loss_mode=loss_mode, max_length=recipe.training.max_length,
-                    truncation_mode=recipe.training.truncation_mode, skip_bad_rows=recipe.sft.skip_bad_rows,
-                    max_dropped_fraction=recipe.sft.max_dropped_fraction)
-    train_set, stats = tokenize_dataset(train_rows, source=recipe.script.dataset_name, **tokenize)
-    eval_set = tokenize_dataset(eval_rows, source="eval split", **tokenize)[0] if eval_rows is not None else None
-    say(f"data: {stats['kept']} examples ({info['format']}, loss on {loss_mode}), {stats['tokens']:,} tokens, "
-        f"{stats['trained_tokens'] / max(stats['tokens'], 1):.0%} trained; {stats['dropped_truncated']} dropped "
-        f"(all trained tokens past max_length), {stats['skipped_bad'] + info['skipped']} bad rows skipped")
+    data = prepare_data(recipe, tokenizer)
+    train_set, eval_set, eval_rows, stats = data.train, data.eval, data.eval_rows, data.stats
+    for note in recipe.notes + data.notes:  # after the input checks, so a bad input reads as one line
+        say(note)
+    say(data.summary())
 
     # Model for the chosen method.
     from sft.checkpoints import resume_checkpoint, save_final
@@ -63,9 +51,15 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
 
     from trl import SFTTrainer
 
+    from sft.callbacks import training_callbacks
+    from sft.preemption import MarkCompleteCheckpoints, StopOnRequest
     from sft.recipe import write_resolved
 
     output_dir = Path(recipe.training.output_dir)
+    stop = StopOnRequest()  # SIGUSR1/SIGTERM (Slurm): checkpoint at the next step on all ranks, then exit
+    from sft.hub import take_push_request
+
+    push = take_push_request(recipe)  # push_to_hub: sft pushes the finished run itself, with its model card
     trainer = SFTTrainer(
         model=model,
         args=recipe.training,
@@ -73,6 +67,7 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
         eval_dataset=eval_set,
         processing_class=tokenizer,
         peft_config=peft_config(recipe),
+        callbacks=training_callbacks(recipe, tokenizer, eval_rows) + [stop, MarkCompleteCheckpoints()],
     )
     if trainer.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +76,10 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
         say(f"resuming from {resume_from} (set resume: false or pass --fresh to start over)")
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if stop.stopped_at is not None:
+        say(f"stopped on request at step {stop.stopped_at}: checkpoint-{stop.stopped_at} saved in {output_dir}; "
+            "the same command resumes from it")
+        return {"steps": trainer.state.global_step, "stopped": True, "output_dir": str(output_dir)}
     save_final(trainer, tokenizer, output_dir, end_of_turn_token(tokenizer))
 
     summary = {
@@ -94,13 +93,19 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
         f"seen, {summary['seconds']:.1f} s; model saved to {output_dir}")
     if hasattr(trainer, "end"):
         trainer.end()
+    if push and trainer.accelerator.is_main_process:
+        from sft.hub import push_run
+
+        say(push_run(output_dir, **push))
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python sft/run.py RECIPE [--key value ...]`: the same run as `sft train`."""
     from sft.errors import exit_on_user_error, take_debug_flag
+    from sft.logs import quiet_library_noise
 
+    quiet_library_noise()
     argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())

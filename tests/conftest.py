@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from intra-op threads, and 2-process runs on 2 cores thrash with them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +49,23 @@ def write_recipe(path: Path, **values) -> Path:
 
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path
+
+
+SAMPLE_PROMPTS = ["Uppercase: abc", "Uppercase: hello world"]
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_model, tmp_path_factory) -> Path:
+    """A real `sft train` LoRA run of 6 steps on the tiny model (adapter, checkpoints, metrics.jsonl, samples),
+    shared by the tests of what comes after training (eval, merge, generate, chat, report)."""
+    root = tmp_path_factory.mktemp("lora-run")
+    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()
+    (root / "train.jsonl").write_text("\n".join(lines[:48]) + "\n")
+    recipe = write_recipe(
+        root / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name=str(root / "train.jsonl"),
+        output_dir=str(root / "run"), method="lora", lora_r=8, max_length=64, max_steps=6,
+        per_device_train_batch_size=8, learning_rate=2.0e-2, logging_steps=2, save_steps=3, seed=0,
+        report_to="tensorboard", sample_prompts=SAMPLE_PROMPTS, sample_every_n_steps=3, sample_max_new_tokens=8,
+    )
+    run_cli("train", recipe, check=True)
+    return root / "run"

@@ -1,0 +1,66 @@
+"""`sft preview RECIPE [-n N] [--json]`: rendered examples with the trained tokens marked, as the trainer gets them."""
+
+import click
+
+OPEN_MARK, CLOSE_MARK = "⟦", "⟧"
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@click.option("-n", "count", default=3, show_default=True, help="How many examples to show.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line per example: input_ids, labels "
+              "(-100 where masked) and more - exactly what the trainer receives, before packing.")
+def command(recipe, overrides, count, as_json):
+    """Show the first N training examples of RECIPE rendered through its chat template, with trained tokens in
+    colour (on a terminal) or between ⟦ ⟧ markers, and per-example token counts. Recipe keys can be overridden
+    after RECIPE, as with `sft train`. Reads the data and the tokenizer only: no model, no GPU."""
+    import json
+
+    from sft.data import prepare_data, recipe_tokenizer
+    from sft.recipe import load_recipe
+
+    loaded = load_recipe(recipe, overrides)
+    tokenizer = recipe_tokenizer(loaded)
+    data = prepare_data(loaded, tokenizer, limit=max(count, 0))
+    rows = data.train_full
+    if as_json:
+        for index, row in enumerate(rows):
+            click.echo(json.dumps({"example": index + 1, "where": row["where"], "tokens": row["length"],
+                                   "trained": row["trained"], "input_ids": row["input_ids"],
+                                   "labels": row["labels"]}))
+        return
+    show(rows, tokenizer, data.stats)
+
+
+def runs(ids, labels):
+    """[(trained, token ids)]: consecutive tokens grouped by whether they are trained."""
+    grouped = []
+    for token, label in zip(ids, labels):
+        trained = label != -100
+        if grouped and grouped[-1][0] == trained:
+            grouped[-1][1].append(token)
+        else:
+            grouped.append((trained, [token]))
+    return grouped
+
+
+def show(rows, tokenizer, stats) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    colour = console.is_terminal and not console.no_color
+    legend = "trained tokens in green" if colour else f"trained tokens between {OPEN_MARK} and {CLOSE_MARK}"
+    console.print(f"{len(rows)} example(s), loss on {stats['loss_mode']}, masks from {stats['masks']}; {legend}")
+    for index, row in enumerate(rows):
+        header = f"── example {index + 1} · {row['where']} · {row['length']} tokens, {row['trained']} trained "
+        console.print(Text(header + "─" * max(0, 78 - len(header)), style="bold" if colour else ""))
+        text = Text()
+        for trained, ids in runs(row["input_ids"], row["labels"]):
+            piece = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if colour:
+                text.append(piece, style="bold green" if trained else "dim")
+            else:
+                text.append(f"{OPEN_MARK}{piece}{CLOSE_MARK}" if trained else piece)
+        console.print(text)

@@ -1,0 +1,213 @@
+"""Evaluating a trained model on held-out data: perplexity on the trained tokens, and generation metrics on
+prompt/answer data (exact match, contains, ROUGE-L, BLEU: computed here, offline, nothing downloaded), with a file
+holding every prompt, reference and prediction. lm-evaluation-harness tasks when that package is installed."""
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+from sft.errors import UserError
+
+GENERATION_METRICS = ("exact_match", "contains", "rouge_l", "bleu")
+METRICS = ("perplexity", *GENERATION_METRICS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text metrics
+
+
+def normalise_answer(text: str) -> str:
+    """Case, surrounding and repeated whitespace do not count."""
+    return " ".join(text.lower().split())
+
+
+def words(text: str) -> list[str]:
+    """Lowercased words and punctuation marks, the tokenization both ROUGE-L and BLEU use here."""
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalise_answer(prediction) == normalise_answer(reference))
+
+
+def contains(prediction: str, expected: str | list[str]) -> float:
+    """1.0 when every expected string appears in the prediction (case-insensitive): "expected in response"."""
+    wanted = [expected] if isinstance(expected, str) else list(expected)
+    return float(all(normalise_answer(e) in normalise_answer(prediction) for e in wanted))
+
+
+def lcs_length(a: list, b: list) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over words (Lin, 2004, with beta = 1)."""
+    pred, ref = words(prediction), words(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    lcs = lcs_length(pred, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def ngrams(tokens: list[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def corpus_bleu(predictions: list[str], references: list[str], max_n: int = 4) -> float:
+    """Corpus BLEU-4 (Papineni et al., 2002) in [0, 100]: clipped n-gram precisions pooled over the corpus, their
+    geometric mean, times the brevity penalty. One reference per prediction."""
+    matches, totals = [0] * max_n, [0] * max_n
+    pred_length = ref_length = 0
+    for prediction, reference in zip(predictions, references):
+        pred, ref = words(prediction), words(reference)
+        pred_length, ref_length = pred_length + len(pred), ref_length + len(ref)
+        for n in range(1, max_n + 1):
+            pred_ngrams, ref_ngrams = ngrams(pred, n), ngrams(ref, n)
+            matches[n - 1] += sum(min(count, ref_ngrams[g]) for g, count in pred_ngrams.items())
+            totals[n - 1] += max(len(pred) - n + 1, 0)
+    if pred_length == 0 or min(matches) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    brevity = 1.0 if pred_length > ref_length else math.exp(1 - ref_length / pred_length)
+    return 100 * brevity * math.exp(log_precision)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def read_eval_rows(path: str, instruction_template: str = "chat") -> tuple[list[dict], list, str]:
+    """(normalised rows, the raw `expected` value of each row or None, format) from a data file."""
+    from sft.data import detect_format, load_source, normalise
+
+    raw = load_source(path)
+    if len(raw) == 0:
+        raise UserError(f"{path}: the file has no rows")
+    fmt = detect_format(raw.column_names, source=path)
+    rows, expected = [], []
+    for index, row in enumerate(raw):
+        try:
+            rows.append(normalise(row, fmt, instruction_template))
+        except ValueError as err:
+            raise UserError(f"{path}: row {index + 1}: {err}") from None
+        expected.append(row.get("expected"))
+    return rows, expected, fmt
+
+
+def check_metric_fields(metrics: list[str], rows: list[dict], source: str) -> None:
+    """Generation metrics need a prompt and an answer in every row; say which rows lack them."""
+    from sft.generation import prompt_and_reference
+
+    wanted = [m for m in metrics if m in GENERATION_METRICS]
+    if not wanted:
+        return
+    for index, row in enumerate(rows):
+        if prompt_and_reference(row)[1] is None:
+            raise UserError(
+                f"{source}: row {index + 1}: {', '.join(wanted)} need prompt/answer rows (messages ending in an "
+                "assistant turn, prompt/completion, or instruction/output), and this row has none; evaluate "
+                "plain text with --metrics perplexity"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model metrics
+
+
+def perplexity(model, tokenizer, rows: list[dict], loss_mode: str | None = None, max_length: int | None = None,
+               batch_size: int = 8) -> dict:
+    """exp(mean negative log-likelihood) over every trained token (the tokens the run's loss counts), pooled
+    over the whole set, rendered and masked exactly as in training."""
+    import torch
+    from datasets import Dataset
+
+    from sft.masks import IGNORE, tokenize_dataset
+
+    # loss_mode None: each example's default, as in training (assistant turns, completions, or all of a text).
+    encoded, _ = tokenize_dataset(Dataset.from_list(rows), tokenizer, loss_mode, max_length=max_length,
+                                  source="eval data")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start:start + batch_size]
+            width = max(len(ids) for ids in batch["input_ids"])
+            ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch["input_ids"]], device=device)
+            labels = torch.tensor([x + [IGNORE] * (width - len(x)) for x in batch["labels"]], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch["input_ids"]], device=device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                    ignore_index=IGNORE, reduction="sum")
+            total_nll += nll.item()
+            total_tokens += int((target != IGNORE).sum())
+    mean = total_nll / max(total_tokens, 1)
+    return {"perplexity": math.exp(mean) if mean < 700 else float("inf"), "loss": mean, "tokens": total_tokens}
+
+
+def generation_scores(loaded, rows: list[dict], expected: list, metrics: list[str], max_new_tokens: int,
+                      batch_size: int) -> tuple[dict, list[dict]]:
+    """(corpus metrics, one record per row with prompt, reference, prediction and its scores)."""
+    from sft.generation import generate, prompt_and_reference, prompt_text
+
+    pairs = [prompt_and_reference(row) for row in rows]
+    texts = [prompt_text(loaded.tokenizer, prompt) for prompt, _ in pairs]
+    predictions = generate(loaded.model, loaded.tokenizer, texts, loaded.generation_config,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=False)
+    records = []
+    for (prompt, reference), text, prediction, wanted in zip(pairs, texts, predictions, expected):
+        record = {"prompt": prompt, "reference": reference, "prediction": prediction}
+        if "exact_match" in metrics:
+            record["exact_match"] = exact_match(prediction, reference)
+        if "contains" in metrics:
+            record["contains"] = contains(prediction, wanted if wanted else reference)
+        if "rouge_l" in metrics:
+            record["rouge_l"] = rouge_l(prediction, reference)
+        records.append(record)
+    scores = {m: sum(r[m] for r in records) / len(records) for m in ("exact_match", "contains", "rouge_l")
+              if m in metrics}
+    if "bleu" in metrics:
+        scores["bleu"] = corpus_bleu(predictions, [r for _, r in pairs])
+    return scores, records
+
+
+def check_lm_eval() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("--tasks needs lm-evaluation-harness, which is not installed: pip install lm-eval "
+                        "(its tasks download their datasets from the Hub)")
+
+
+def lm_eval_tasks(loaded, tasks: list[str], batch_size: int, limit: int | None) -> dict:
+    """lm-evaluation-harness on the loaded model (adapter applied, not merged)."""
+    check_lm_eval()
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    results = lm_eval.simple_evaluate(model=HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer,
+                                                 batch_size=batch_size), tasks=tasks, limit=limit)
+    return {task: {k: v for k, v in values.items() if isinstance(v, (int, float))}
+            for task, values in results["results"].items()}
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Written beside, then moved into place: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,103 @@
+"""`sft data stats|dedupe|split`: token counts as training renders them, duplicates across files, filters,
+deterministic splits; inputs never change."""
+
+import hashlib
+import json
+
+import pytest
+
+from sft.curation import DuplicateIndex, percentiles
+from tests.conftest import run_cli
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def qa(i, answer=None):
+    return {"instruction": f"Question number {i}: what is {i} plus {i}?", "output": answer or f"It is {2 * i}."}
+
+
+def test_percentiles_nearest_rank():
+    values = list(range(1, 101))
+    assert percentiles(values) == {"min": 1, "p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100, "mean": 50.5}
+
+
+def test_near_duplicates_by_shingles():
+    index = DuplicateIndex(threshold=0.8)
+    assert index.check_and_add("The quick brown fox jumps over the lazy dog near the river bank.", "a") is None
+    assert index.check_and_add("the quick  brown fox jumps over the lazy dog near the river bank.", "b") == (
+        "exact", "a")  # case and spacing do not count
+    assert index.check_and_add("The quick brown fox jumps over the lazy dog near the river banks!", "c") == (
+        "near", "a")
+    assert index.check_and_add("A completely different sentence about training language models.", "d") is None
+
+
+@pytest.fixture()
+def files(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [qa(i) for i in range(20)] + [
+        qa(3),  # exact duplicate inside train
+        {"instruction": "Question number 7: what is 7 plus 7 ?", "output": "It is 14."},  # near duplicate
+        qa(100),  # also in eval
+        {"instruction": "Say nothing", "output": "   "},  # empty answer
+    ])
+    eval_ = write_jsonl(tmp_path / "eval.jsonl", [qa(100), qa(101)])
+    return train, eval_
+
+
+def test_dedupe_across_files_and_filters(files, tmp_path, tiny_model):
+    train, eval_ = files
+    before = digest(train), digest(eval_)
+    out = tmp_path / "clean"
+    proc = run_cli("data", "dedupe", eval_, train, "-o", out, "--tokenizer", tiny_model, "--max-tokens", 200,
+                   check=True)
+    assert digest(train) == before[0] and digest(eval_) == before[1]  # inputs untouched
+    report = json.loads((out / "dedupe.json").read_text())[str(train)]
+    assert report["exact_duplicate"] == 2  # qa(3) again, and qa(100) already in eval
+    assert report["near_duplicate"] == 1 and report["empty_answer"] == 1 and report["kept"] == 20
+    kept = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert kept == [qa(i) for i in range(20)]  # rows written as they were read
+    assert [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()] == [qa(100), qa(101)]
+    assert "kept 20 of 24" in proc.stdout
+
+
+def test_length_bounds_need_a_tokenizer(files, tmp_path):
+    train, _ = files
+    proc = run_cli("data", "dedupe", train, "-o", tmp_path / "x", "--max-tokens", 10)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: --min-tokens/--max-tokens need a tokenizer: pass --tokenizer MODEL or "
+                                   "--recipe RECIPE")
+
+
+def test_split_is_deterministic_and_disjoint(files, tmp_path):
+    train, _ = files
+    before = digest(train)
+    run_cli("data", "split", train, "-o", tmp_path / "a", "--ratios", "80/10/10", "--seed", 3, check=True)
+    run_cli("data", "split", train, "-o", tmp_path / "b", "--ratios", "80/10/10", "--seed", 3, check=True)
+    assert digest(train) == before
+    parts = {}
+    for name in ("train", "validation", "test"):
+        assert digest(tmp_path / "a" / f"{name}.jsonl") == digest(tmp_path / "b" / f"{name}.jsonl")
+        parts[name] = (tmp_path / "a" / f"{name}.jsonl").read_text().splitlines()
+    assert [len(parts[n]) for n in ("train", "validation", "test")] == [18, 2, 3]  # 23 unique rows
+    every = parts["train"] + parts["validation"] + parts["test"]
+    assert len(set(every)) == len(every) == 23
+
+
+def test_stats_with_the_runs_tokenizer(files, tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    _train, eval_ = files
+    proc = run_cli("data", "stats", eval_, "--tokenizer", tiny_model, "-o", tmp_path / "s", "--json", check=True)
+    report = json.loads(proc.stdout)[str(eval_)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    lengths = [len(tokenizer.apply_chat_template([{"role": "user", "content": r["instruction"]},
+                                                  {"role": "assistant", "content": r["output"]}], tokenize=True,
+                                                 return_dict=True)["input_ids"]) for r in (qa(100), qa(101))]
+    assert report["rows"] == 2 and report["max"] == max(lengths) and report["tokens"] == sum(lengths)
+    assert (tmp_path / "s" / "token_lengths.png").read_bytes()[:4] == b"\x89PNG"
