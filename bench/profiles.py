@@ -115,6 +115,11 @@ def main() -> None:
     if args.worker:
         return worker(args.worker[0], args.worker[1], extra)
 
+    with tempfile.TemporaryDirectory(prefix="sft-bench-profiles-") as tmp:  # the model folder can be GBs
+        bench(args, Path(tmp))
+
+
+def bench(args, work: Path) -> None:
     import torch
 
     from sft.plan import GB, make_plan
@@ -125,7 +130,6 @@ def main() -> None:
     gpus = args.gpus or (torch.cuda.device_count() if on_gpu else 1)
     name = torch.cuda.get_device_name(0) if on_gpu else "no GPU"
     memory = torch.cuda.get_device_properties(0).total_memory / GB if on_gpu else 80.0
-    work = Path(tempfile.mkdtemp(prefix="sft-bench-profiles-"))
     build_model(work / "model", args.model_config, weights=on_gpu)
     write_data(work / "data.jsonl", rows=args.steps * args.batch * gpus + 8, seq=args.seq)
     recipe_path = work / "recipe.yaml"

@@ -262,6 +262,10 @@ def publish_recipe(recipe: str, repo_id: str, with_data: bool = False, path_in_r
     recipe_dir = source.resolve().parent
     path_in_repo = path_in_repo or source.name
     repo_dir = PurePosixPath(path_in_repo).parent
+
+    def in_repo(relative: str) -> str:
+        return relative if str(repo_dir) == "." else str(repo_dir / relative)
+
     files, notes, rewritten = {}, [], dict(data)
     for key, value in named_paths(data, absolute=True):
         local = _local_path(value, recipe_dir)
@@ -272,12 +276,13 @@ def publish_recipe(recipe: str, repo_id: str, with_data: bool = False, path_in_r
                             "upload it with the recipe, or name a Hub dataset")
         inside = local.is_relative_to(recipe_dir)
         relative = local.relative_to(recipe_dir).as_posix() if inside else f"data/{local.name}"
-        taken = {n for n in files if n == relative or n.startswith(relative + "/")}
-        if not inside and taken and local.is_file() and files.get(relative) != local.read_bytes():
-            relative = f"data/{len(files)}-{local.name}"  # two outside files with one name
+        same = local.is_file() and files.get(in_repo(relative)) == local.read_bytes()  # named twice
+        if not inside and not same and any(n == in_repo(relative) or n.startswith(in_repo(relative) + "/")
+                                           for n in files):
+            relative = f"data/{len(files)}-{local.name}"  # two files outside the recipe's folder, one name
         for file in ([local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())):
             name = relative if file == local else f"{relative}/{file.relative_to(local).as_posix()}"
-            files[str(repo_dir / name) if str(repo_dir) != "." else name] = file.read_bytes()
+            files[in_repo(name)] = file.read_bytes()
         if value != relative:
             rewritten = _replace_strings(rewritten, value, relative)
             notes.append(f"{key}: {value} -> {relative} (uploaded)")

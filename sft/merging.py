@@ -59,7 +59,7 @@ def differing_weight(a: Path, b: Path) -> str | None:
         found = {}
         for path in sorted(folder.glob("*.safetensors")):
             with safe_open(str(path), "pt") as handle:
-                for key in handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
                     found[key] = (path, handle.get_slice(key).get_shape())
         return found
 

@@ -15,7 +15,7 @@ Parameters are counted exactly on the meta device (no weights). The estimate add
   logits       s*b*V*4 bytes of fp32 logits and as much again for their gradient
   zero3_gather ZeRO-3 gathers whole layers to compute: the largest block, twice (current and prefetched)
   overhead     1 GiB CUDA context and kernels, plus 10% of the rest for allocator fragmentation and buffers
-A profile fits when its estimate leaves HEADROOM of the GPU free.
+A profile fits when its estimate leaves 10% of the GPU free (HEADROOM).
 """
 
 import dataclasses

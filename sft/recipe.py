@@ -130,7 +130,7 @@ RENAMED_VALUES = {
 }
 # Keys whose string values are paths; a relative path is looked up from the working directory, then from the
 # recipe's own folder (so a recipe and its data can travel together).
-PATH_KEYS = ("model_name_or_path", "dataset_name", "chat_template_path")
+PATH_KEYS = ("model_name_or_path", "dataset_name", "chat_template_path", "chat_template")
 # Where sft's default differs from TRL's, and why.
 SFT_DEFAULTS = {
     "include_num_input_tokens_seen": "non_padding",  # the final summary reports tokens seen
@@ -389,9 +389,14 @@ def resolve_path(value: str, base_dir: Path) -> str:
     """A relative path that exists under the working directory stays; else one under the recipe's folder wins."""
     if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
         return value
+    if "\n" in value or "{" in value:  # inline Jinja, not a path
+        return value
     candidate = base_dir / value
-    if candidate.exists() or any(base_dir.glob(value)):
-        return str(candidate)
+    try:
+        if candidate.exists() or any(base_dir.glob(value)):
+            return str(candidate)
+    except (ValueError, OSError):  # not a valid path or pattern: leave the value to its consumer
+        pass
     return value
 
 

@@ -83,8 +83,11 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny_model, qa_file, 
 def test_adapter_is_evaluated_on_its_base_without_merging(lora_run, tiny_model, qa_file):
     adapter = json.loads(run_cli("eval", lora_run, "--data", qa_file, "--metrics", "perplexity", "--json",
                                  check=True).stdout)
-    base = json.loads(run_cli("eval", tiny_model, "--data", qa_file, "--metrics", "perplexity", "--json",
-                              check=True).stdout)
+    from sft.evaluation import perplexity, read_eval_rows
+    from sft.generation import load
+
+    loaded = load(str(tiny_model))  # the base alone, in this process
+    base = perplexity(loaded.model, loaded.tokenizer, read_eval_rows(str(qa_file))[0])
     assert adapter["base"] == str(tiny_model)
     assert adapter["tokens"] == base["tokens"]
     assert adapter["perplexity"] < base["perplexity"]  # the adapter learned something the base does not know

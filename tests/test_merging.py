@@ -152,7 +152,7 @@ def test_qlora_adapter_merges_into_the_unquantized_base(tiny_model, tmp_path):
     run_cli("merge", tmp_path / "run", "-o", out, "--dtype", "float32", check=True)
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     with safe_open(str(out / "model.safetensors"), "pt") as handle:
-        assert {handle.get_tensor(k).dtype for k in handle} == {torch.float32}
+        assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float32}  # noqa: SIM118
     ids = list(range(6, 30))
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     base_logits = logits(base, ids)

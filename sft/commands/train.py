@@ -1,9 +1,19 @@
 """`sft train RECIPE [--key value ...]`: one fine-tuning run (the same code path as `python sft/run.py`)."""
 
+import dataclasses
+
 import click
 
+from sft.recipe import SftArguments
 
-@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+OWN_KEYS = "\n".join(f"  {f.name}: {f.metadata.get('help', '')}" for f in dataclasses.fields(SftArguments)
+                     if f.name != "provenance")
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    epilog="\b\nsft's own recipe keys:\n" + OWN_KEYS,
+)
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def command(recipe, overrides):
@@ -11,8 +21,7 @@ def command(recipe, overrides):
     `sft train recipe.yaml --learning_rate 1e-4 --max_steps 10`: command line > recipe > defaults.
 
     Keys are TRL's and transformers' own field names (SFTConfig/TrainingArguments, ModelConfig, ScriptArguments,
-    DatasetMixtureConfig) plus sft's: method, trainable_layers, trainable_modules, chat_template, dataset_mixture,
-    dataset_format, column_mapping, loss_mode, instruction_template, skip_bad_rows, resume, env.
+    DatasetMixtureConfig), alignment-handbook's dataset_mixture and chat_template, and sft's own keys below.
     If output_dir holds checkpoints the run resumes from the newest complete one; --fresh starts over."""
     from sft.run import main
 
