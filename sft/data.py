@@ -128,11 +128,14 @@ def load_local_file(path: Path):
     builder = LOCAL_BUILDERS.get(path.suffix)
     if builder is None:
         raise UserError(f"{path}: unsupported file type (use {', '.join(LOCAL_BUILDERS)})")
+    if path.stat().st_size < 65536 and not path.read_bytes().strip():  # datasets fails with an empty message
+        raise UserError(f"{path}: the dataset is empty")
     lines = check_json_file(path) if builder == "json" else None
     try:
         dataset = load_dataset(builder, data_files=[str(path)], split="train")
     except Exception as err:  # datasets wraps parser errors in its own types; name the file instead
-        raise UserError(f"{path}: could not read as {builder}: {str(err).splitlines()[0]}") from err
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise UserError(f"{path}: could not read as {builder}: {reason}") from err
     if lines is not None and len(lines) == len(dataset):
         return dataset, [f"{path}:{line}" for line in lines]
     return dataset, [f"{path} row {i + 1}" for i in range(len(dataset))]

@@ -8,47 +8,43 @@ Everything that can be wrong with the input is checked before output_dir is touc
 import os
 import sys
 import time
+from pathlib import Path
 
 if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     sys.path.pop(0)  # run as a script: import the `sft` package, not sibling modules as top-level ones
 
 
 def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    from sft.chat_templates import apply_template, end_of_turn_token
+    from sft.checkpoints import resume_checkpoint, save_final
+    from sft.data import prepare_data
+    from sft.hub import take_push_request
     from sft.logs import say
+    from sft.modeling import check_model_source, load_model, load_tokenizer, peft_config
+    from sft.profiles import check_running
     from sft.recipe import load_recipe
 
+    # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
     recipe = load_recipe(recipe_address, overrides)
-    from sft.profiles import check_running
+    recipe.notes += check_running(recipe)
+    push = take_push_request(recipe)  # push_to_hub: pushed once at the end, with a model card
 
-    recipe.notes += check_running(recipe)  # refuse or fix what cannot work under this launch (ZeRO-3, world size)
-
-    # Tokenizer and chat template.
-    from sft.chat_templates import apply_template, end_of_turn_token
-    from sft.modeling import check_model_source, load_tokenizer
-
+    # 2. Tokenizer and chat template.
     check_model_source(recipe)
     tokenizer = load_tokenizer(recipe)
     added_tokens = apply_template(tokenizer, recipe)
 
-    # Data: read every row, render, tokenize and mask (errors name the file and row); `sft check` runs the same.
-    from sft.data import prepare_data
-
+    # 3. Data: every row read, rendered, tokenized and masked (errors name file and row); `sft check` runs the same.
     data = prepare_data(recipe, tokenizer)
-    train_set, eval_set, eval_rows, stats = data.train, data.eval, data.eval_rows, data.stats
     for note in recipe.notes + data.notes:  # after the input checks, so a bad input reads as one line
         say(note)
     say(data.summary())
 
-    # Model for the chosen method.
-    from sft.checkpoints import resume_checkpoint, save_final
-    from sft.modeling import load_model, peft_config
-
+    # 4. The model for the chosen method, and where to resume from.
     resume_from = resume_checkpoint(recipe)
     model = load_model(recipe, tokenizer, added_tokens)
 
-    # Only now, with every input checked, is output_dir written.
-    from pathlib import Path
-
+    # 5. Train. Only now, with every input checked, is output_dir written.
     from trl import SFTTrainer
 
     from sft.callbacks import training_callbacks
@@ -57,21 +53,18 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
 
     output_dir = Path(recipe.training.output_dir)
     stop = StopOnRequest()  # SIGUSR1/SIGTERM (Slurm): checkpoint at the next step on all ranks, then exit
-    from sft.hub import take_push_request
-
-    push = take_push_request(recipe)  # push_to_hub: sft pushes the finished run itself, with its model card
     trainer = SFTTrainer(
         model=model,
         args=recipe.training,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=peft_config(recipe),
-        callbacks=training_callbacks(recipe, tokenizer, eval_rows) + [stop, MarkCompleteCheckpoints()],
+        callbacks=training_callbacks(recipe, tokenizer, data.eval_rows) + [stop, MarkCompleteCheckpoints()],
     )
     if trainer.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_resolved(recipe, output_dir / "recipe.yaml", {"data": stats})
+        write_resolved(recipe, output_dir / "recipe.yaml", {"data": data.stats})
     if resume_from:
         say(f"resuming from {resume_from} (set resume: false or pass --fresh to start over)")
     started = time.time()
@@ -80,8 +73,9 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
         say(f"stopped on request at step {stop.stopped_at}: checkpoint-{stop.stopped_at} saved in {output_dir}; "
             "the same command resumes from it")
         return {"steps": trainer.state.global_step, "stopped": True, "output_dir": str(output_dir)}
-    save_final(trainer, tokenizer, output_dir, end_of_turn_token(tokenizer))
 
+    # 6. Save the model (or adapter) with tokenizer, template and a generation config that stops where it learned to.
+    save_final(trainer, tokenizer, output_dir, end_of_turn_token(tokenizer))
     summary = {
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
@@ -91,8 +85,7 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
     }
     say(f"done: {summary['steps']} steps, train loss {summary['train_loss']:.4f}, {summary['tokens_seen']:,} tokens "
         f"seen, {summary['seconds']:.1f} s; model saved to {output_dir}")
-    if hasattr(trainer, "end"):
-        trainer.end()
+    trainer.end()
     if push and trainer.accelerator.is_main_process:
         from sft.hub import push_run
 
