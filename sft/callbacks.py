@@ -32,18 +32,19 @@ def perplexity(loss: float) -> float:
 
 
 class MetricsFile(TrainerCallback):
-    """Every log line (train and eval) to output_dir/metrics.jsonl, whatever report_to says. Adds eval perplexity
-    (so metric_for_best_model: eval_perplexity works) and training tokens per second."""
+    """Every log line (train and eval) to output_dir/metrics.jsonl, whatever report_to says, with training tokens
+    per second. Adds eval_perplexity to the eval logs, so the trackers that run after it (see trackers_last) log
+    it too, and to the eval metrics, so metric_for_best_model: eval_perplexity works."""
 
     def __init__(self, output_dir):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.last = None  # (time, tokens) at the previous train log
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
+        logs = {} if logs is None else logs
         if "eval_loss" in logs:
-            record["eval_perplexity"] = perplexity(logs["eval_loss"])
+            logs["eval_perplexity"] = perplexity(logs["eval_loss"])  # the same dict reaches the later callbacks
+        record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
         tokens = logs.get("num_tokens", state.num_input_tokens_seen or None)
         if "loss" in logs and tokens:
             now = time.time()
@@ -62,6 +63,17 @@ class MetricsFile(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if metrics is not None and "eval_loss" in metrics:
             metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
+
+
+def trackers_last(trainer) -> None:
+    """Move the trackers' callbacks (report_to) after the ones the Trainer was given. The Trainer puts them first,
+    so they would log each line before MetricsFile adds eval_perplexity to it. Only public Trainer methods."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    for tracker in get_reporting_integration_callbacks(trainer.args.report_to):
+        callback = trainer.pop_callback(tracker)
+        if callback is not None:
+            trainer.add_callback(callback)
 
 
 class DivergenceGuard(TrainerCallback):

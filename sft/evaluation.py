@@ -1,6 +1,7 @@
 """Evaluating a trained model on held-out data: perplexity on the trained tokens, and generation metrics on
 prompt/answer data (exact match, contains, ROUGE-L, BLEU: computed here, offline, nothing downloaded), with a file
-holding every prompt, reference and prediction. lm-evaluation-harness tasks when that package is installed."""
+holding every prompt, reference and prediction. lm-evaluation-harness tasks when that package is installed (the
+`eval` extra), including local YAML tasks over local data files."""
 
 import json
 import math
@@ -188,18 +189,54 @@ def check_lm_eval() -> None:
 
     if importlib.util.find_spec("lm_eval") is None:
         raise UserError("--tasks needs lm-evaluation-harness, which is not installed: pip install lm-eval "
-                        "(its tasks download their datasets from the Hub)")
+                        "(its stock tasks download their datasets from the Hub; local tasks need --include-path)")
 
 
-def lm_eval_tasks(loaded, tasks: list[str], batch_size: int, limit: int | None) -> dict:
-    """lm-evaluation-harness on the loaded model (adapter applied, not merged)."""
+def lm_eval_task_manager(tasks: list[str], include_path: str | None = None):
+    """lm-eval's TaskManager knowing lm-eval's own tasks and the YAML tasks under include_path. Unknown task names
+    fail here, before any model is loaded."""
     check_lm_eval()
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None and not Path(include_path).is_dir():
+        raise UserError(f"--include-path {include_path}: no such directory; give the folder holding the task YAML "
+                        "files")
+    if include_path is not None:
+        # Indexing lm-eval's ~200 task folders takes seconds: skip it when the local folder has every task.
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(task in local.all_tasks or Path(task).is_file() for task in tasks):
+            return local
+    manager = TaskManager(include_path=include_path)
+    unknown = [task for task in tasks if task not in manager.all_tasks and not Path(task).is_file()]
+    if unknown:
+        import difflib
+
+        hints = []
+        for task in unknown:
+            close = difflib.get_close_matches(task, manager.all_tasks, n=3)
+            hints.append(f"{task!r}" + (f" (closest: {', '.join(close)})" if close else ""))
+        where = f"in --include-path {include_path} or " if include_path else ""
+        raise UserError(f"--tasks: unknown task {'; '.join(hints)}: not {where}among lm-eval's tasks; define it in "
+                        "a YAML file and pass its folder with --include-path DIR")
+    return manager
+
+
+def lm_eval_tasks(loaded, tasks: list[str], manager, batch_size: int, limit: int | None) -> dict:
+    """lm-evaluation-harness on the loaded model (adapter applied, not merged): {task: {metric: value}}, with
+    lm-eval's "metric,filter" keys shortened to "metric" for its default filter ("none")."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    results = lm_eval.simple_evaluate(model=HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer,
-                                                 batch_size=batch_size), tasks=tasks, limit=limit)
-    return {task: {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    try:
+        results = lm_eval.simple_evaluate(model=HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer,
+                                                     batch_size=batch_size),
+                                          tasks=tasks, task_manager=manager, limit=limit)
+    except ConnectionError as err:  # stock tasks fetch their datasets from the Hub
+        raise UserError(f"--tasks: a task's dataset cannot be downloaded ({err}); on a machine without the Hub, "
+                        "define the task in a YAML file with dataset_path: json and dataset_kwargs: {data_files: "
+                        "...} pointing at local files, and pass its folder with --include-path DIR") from None
+    return {task: {key.removesuffix(",none"): value for key, value in values.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)}
             for task, values in results["results"].items()}
 
 

@@ -18,12 +18,11 @@ def adapt_training_values(values: dict) -> list[str]:
     if not has_gpu():
         wanted = [k for k in ("bf16", "fp16") if values.get(k)]
         values["bf16"] = values["fp16"] = False
+        extra = f" ({' and '.join(wanted)} from the recipe turned off)" if wanted else ""
         launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         if launcher != "no":
             # An accelerate config's mixed_precision (GPU profiles say bf16) would autocast on CPU: float32 instead.
             os.environ["ACCELERATE_MIXED_PRECISION"] = "no"
-        extra = f" ({' and '.join(wanted)} from the recipe turned off)" if wanted else ""
-        if launcher != "no":
             extra += f" (mixed_precision {launcher} from the accelerate config turned off)"
         if world_size() > 1:
             # Without gloo, accelerate picks no backend on a CPU box and every process trains alone.

@@ -47,7 +47,7 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
     # 5. Train. Only now, with every input checked, is output_dir written.
     from trl import SFTTrainer
 
-    from sft.callbacks import training_callbacks
+    from sft.callbacks import trackers_last, training_callbacks
     from sft.preemption import MarkCompleteCheckpoints, StopOnRequest
     from sft.recipe import write_resolved
 
@@ -62,6 +62,7 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
         peft_config=peft_config(recipe),
         callbacks=training_callbacks(recipe, tokenizer, data.eval_rows) + [stop, MarkCompleteCheckpoints()],
     )
+    trackers_last(trainer)  # so report_to gets the metrics our callbacks add (eval_perplexity)
     if trainer.accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_resolved(recipe, output_dir / "recipe.yaml", {"data": data.stats})
@@ -70,6 +71,7 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume_from)
     if stop.stopped_at is not None:
+        trainer.end()  # a gloo process group left alive aborts the interpreter at exit
         say(f"stopped on request at step {stop.stopped_at}: checkpoint-{stop.stopped_at} saved in {output_dir}; "
             "the same command resumes from it")
         return {"steps": trainer.state.global_step, "stopped": True, "output_dir": str(output_dir)}

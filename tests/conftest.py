@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import uuid
 import sys
 from pathlib import Path
 
@@ -69,3 +70,18 @@ def lora_run(tiny_model, tmp_path_factory) -> Path:
     )
     run_cli("train", recipe, check=True)
     return root / "run"
+
+
+HUB_TOKEN = "hf_sftTest" + uuid.uuid4().hex  # the client sends it; no file or log may contain it
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A Hub-compatible server on loopback (tests/hub_server.py) and the environment that points the real
+    huggingface_hub client at it. huggingface_hub reads these at import: they reach the CLI subprocesses."""
+    from tests.hub_server import HubServer
+
+    with HubServer() as server:
+        server.env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": HUB_TOKEN,
+                      "HF_HOME": str(tmp_path_factory.mktemp("hf-home")), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        yield server

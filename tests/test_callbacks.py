@@ -91,12 +91,21 @@ def test_eval_perplexity_early_stopping_and_best_model(tiny_model, tmp_path):
                           max_length=64, max_steps=20, per_device_train_batch_size=8, learning_rate=1.0e-2,
                           test_split_size=8, eval_strategy="steps", eval_steps=1, save_steps=1, logging_steps=1,
                           load_best_model_at_end=True, metric_for_best_model="eval_perplexity",
-                          early_stopping_patience=2, early_stopping_threshold=100.0, report_to="none")
+                          early_stopping_patience=2, early_stopping_threshold=100.0, report_to="tensorboard")
     run_cli("train", recipe, check=True)
     records = read_jsonl(out_dir / "metrics.jsonl")
     evals = [r for r in records if "eval_loss" in r]
     assert [r["step"] for r in evals] == [1, 2, 3]
     assert all(r["eval_perplexity"] == math.exp(r["eval_loss"]) for r in evals)
+    # The tracker got eval perplexity too (transformers' TensorBoardCallback names it eval/perplexity).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [scalars_dir] = list((out_dir / "runs").iterdir())
+    scalars = EventAccumulator(str(scalars_dir))
+    scalars.Reload()
+    logged = [(e.step, e.value) for e in scalars.Scalars("eval/perplexity")]
+    assert [step for step, _ in logged] == [1, 2, 3]
+    assert [value for _, value in logged] == pytest.approx([r["eval_perplexity"] for r in evals], rel=1e-6)
     state = json.loads((out_dir / "checkpoint-3" / "trainer_state.json").read_text())
     # Lower perplexity is better (transformers would assume higher for a name not ending in "loss").
     best = min(evals, key=lambda r: r["eval_perplexity"])

@@ -93,35 +93,24 @@ def test_wrong_type(tmp_path, tiny_model, existing_output):
     assert_untouched(existing_output)
 
 
-def test_missing_model_path(tmp_path, tiny_model, existing_output):
-    recipe = good_recipe(tmp_path, tiny_model, existing_output, model_name_or_path=str(tmp_path / "nope"))
+@pytest.mark.parametrize(
+    "setting, data_text, expected",
+    [
+        ({"model_name_or_path": "{tmp}/nope"}, None, "model_name_or_path {tmp}/nope does not exist"),
+        ({"dataset_name": "{tmp}/missing.jsonl"}, None, "{tmp}/missing.jsonl: data file not found"),
+        ({}, '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n',
+         "{tmp}/data.jsonl:2: not valid JSON"),
+        ({}, "", "{tmp}/data.jsonl: the dataset is empty"),
+    ],
+    ids=["missing-model", "missing-data-file", "malformed-jsonl-line", "empty-dataset"],
+)
+def test_bad_model_or_data(tmp_path, tiny_model, existing_output, setting, data_text, expected):
+    if data_text is not None:
+        (tmp_path / "data.jsonl").write_text(data_text)
+    changes = {key: value.format(tmp=tmp_path) for key, value in setting.items()}
+    recipe = good_recipe(tmp_path, tiny_model, existing_output, **changes)
     proc = run_cli("train", recipe)
-    assert_one_line_error(proc, f"model_name_or_path {tmp_path / 'nope'} does not exist")
-    assert_untouched(existing_output)
-
-
-def test_missing_data_file(tmp_path, tiny_model, existing_output):
-    recipe = good_recipe(tmp_path, tiny_model, existing_output, dataset_name=str(tmp_path / "missing.jsonl"))
-    proc = run_cli("train", recipe)
-    assert_one_line_error(proc, f"{tmp_path / 'missing.jsonl'}: data file not found")
-    assert_untouched(existing_output)
-
-
-def test_malformed_jsonl_line_names_file_and_line(tmp_path, tiny_model, existing_output):
-    data = tmp_path / "data.jsonl"
-    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n')
-    recipe = good_recipe(tmp_path, tiny_model, existing_output)
-    proc = run_cli("train", recipe)
-    assert_one_line_error(proc, f"{data}:2: not valid JSON")
-    assert_untouched(existing_output)
-
-
-def test_empty_dataset(tmp_path, tiny_model, existing_output):
-    data = tmp_path / "data.jsonl"
-    data.write_text("")
-    recipe = good_recipe(tmp_path, tiny_model, existing_output)
-    proc = run_cli("train", recipe)
-    assert_one_line_error(proc, f"{data}", "empty")
+    assert_one_line_error(proc, expected.format(tmp=tmp_path))
     assert_untouched(existing_output)
 
 

@@ -1,8 +1,11 @@
 """`sft eval`: offline metrics with known values, perplexity against the model's own loss, batched generation
-with left padding, adapters evaluated without merging, and the bad-input messages."""
+with left padding, adapters evaluated without merging, lm-evaluation-harness on a local task against the same
+scores computed by hand, and the bad-input messages."""
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -119,13 +122,87 @@ def test_adapter_whose_base_is_gone(lora_run, tmp_path):
                                    "be found; pass --base PATH to the base model folder")
 
 
-def test_lm_eval_tasks_say_what_to_install(tiny_model):
-    # lm_eval is not a dependency; when it is absent the message says how to get it.
-    try:
-        import lm_eval  # noqa: F401
-        pytest.skip("lm_eval is installed here")
-    except ImportError:
-        pass
-    proc = run_cli("eval", tiny_model, "--tasks", "hellaswag")
+TASKS = REPO / "tests" / "lm_eval_tasks"
+
+
+def choice_scores(model, tokenizer, docs):
+    """The task's metrics by hand: each choice's log-likelihood after "Uppercase: WORD\nAnswer:" (the choice
+    follows a space), the highest one as the answer (acc), and the Brier score of the softmax over the choices."""
+    import torch
+
+    correct, brier = [], []
+    for doc in docs:
+        context = f"Uppercase: {doc['word']}\nAnswer:"
+        n_context = len(tokenizer(context)["input_ids"])
+        lls = []
+        for choice in doc["choices"]:
+            ids = tokenizer(context + " " + choice)["input_ids"]
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+            lls.append(sum(logprobs[i - 1, ids[i]].item() for i in range(n_context, len(ids))))
+        probs = torch.softmax(torch.tensor(lls), dim=0)
+        correct.append(float(int(torch.argmax(probs)) == doc["label"]))
+        brier.append(sum((p - float(i == doc["label"])) ** 2 for i, p in enumerate(probs.tolist())))
+    return sum(correct) / len(docs), sum(brier) / len(docs)
+
+
+def lm_eval_result(model, limit):
+    out = run_cli("eval", model, "--tasks", "uppercase_choice", "--include-path", TASKS, "--limit", limit, "--json",
+                  cwd=REPO, check=True)  # the task's data_files path is relative to the repository root
+    return json.loads(out.stdout)["lm_eval"]["uppercase_choice"]
+
+
+def test_lm_eval_local_task_scores_the_model(tiny_model):
+    pytest.importorskip("lm_eval", reason="the eval extra (lm-eval) is not installed")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = lm_eval_result(tiny_model, 4)
+    docs = [json.loads(line) for line in (TASKS / "uppercase_choice.jsonl").read_text().splitlines()][:4]
+    acc, brier = choice_scores(AutoModelForCausalLM.from_pretrained(tiny_model),
+                               AutoTokenizer.from_pretrained(tiny_model), docs)
+    assert result["sample_len"] == 4  # --limit
+    assert result["acc"] == pytest.approx(acc)
+    assert result["brier_score"] == pytest.approx(brier, rel=1e-4)
+
+
+def test_lm_eval_local_task_scores_an_adapter_without_merging(lora_run, tiny_model):
+    pytest.importorskip("lm_eval", reason="the eval extra (lm-eval) is not installed")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = lm_eval_result(lora_run, 4)
+    docs = [json.loads(line) for line in (TASKS / "uppercase_choice.jsonl").read_text().splitlines()][:4]
+    tokenizer = AutoTokenizer.from_pretrained(lora_run)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    _, base_brier = choice_scores(base, tokenizer, docs)
+    acc, brier = choice_scores(PeftModel.from_pretrained(base, lora_run).eval(), tokenizer, docs)
+    assert result["acc"] == pytest.approx(acc)
+    assert result["brier_score"] == pytest.approx(brier, rel=1e-4)
+    assert brier != pytest.approx(base_brier, rel=1e-3)  # the adapter was applied: the base alone scores otherwise
+    assert not (lora_run / "model.safetensors").exists()  # nothing merged or written over the adapter
+
+
+def test_lm_eval_unknown_tasks_and_folders(tiny_model, tmp_path):
+    pytest.importorskip("lm_eval", reason="the eval extra (lm-eval) is not installed")
+    proc = run_cli("eval", tiny_model, "--tasks", "uppercase_choise", "--include-path", TASKS)
     assert proc.returncode == 2
-    assert "needs lm-evaluation-harness, which is not installed: pip install lm-eval" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --tasks: unknown task 'uppercase_choise' (closest: uppercase_choice): not in --include-path "
+        f"{TASKS} or among lm-eval's tasks; define it in a YAML file and pass its folder with --include-path DIR")
+    proc = run_cli("eval", tiny_model, "--tasks", "uppercase_choice", "--include-path", tmp_path / "missing")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --include-path {tmp_path}/missing: no such directory; give the folder holding the task YAML files")
+
+
+def test_lm_eval_tasks_say_what_to_install(tiny_model):
+    # lm_eval is an optional extra. Here it is made unimportable for one process (a None in sys.modules blocks
+    # the import), whether or not it is installed, and the real CLI runs in that process.
+    code = ("import sys; sys.modules['lm_eval'] = None; from sft.cli import main; "
+            f"main(['eval', {str(tiny_model)!r}, '--tasks', 'hellaswag'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: --tasks needs lm-evaluation-harness, which is not installed: pip install lm-eval (its stock tasks "
+        "download their datasets from the Hub; local tasks need --include-path)")

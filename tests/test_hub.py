@@ -7,25 +7,15 @@ import os
 import re
 import shutil
 import socket
-import uuid
 
 import pytest
 import yaml
 
-from tests.conftest import run_cli, write_recipe
-from tests.hub_server import HubServer
+from tests.conftest import HUB_TOKEN, run_cli, write_recipe
 
-TOKEN = "hf_sftTest" + uuid.uuid4().hex  # the client sends it; no file or log may contain it
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    with HubServer() as server:
-        # huggingface_hub reads these at import: they reach the CLI subprocesses, never this process's client.
-        server.env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN,
-                      "HF_HOME": str(tmp_path_factory.mktemp("hf-home")), "HF_HUB_DISABLE_TELEMETRY": "1"}
-        yield server
 
 
 def chat_rows(words):
@@ -49,7 +39,7 @@ def published(hub, tmp_path_factory, tiny_model):
         src / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name=str(root / "elsewhere" / "train.jsonl"),
         chat_template_path="templates/chatml.jinja", output_dir="run", max_steps=2, per_device_train_batch_size=4,
         learning_rate=1e-3, logging_steps=1, save_steps=2, max_length=64, seed=0, report_to="none",
-        push_to_hub=True, hub_model_id="tester/tiny-chat", hub_token=TOKEN,
+        push_to_hub=True, hub_model_id="tester/tiny-chat", hub_token=HUB_TOKEN,
         env={"HF_HUB_DISABLE_PROGRESS_BARS": "1", "WANDB_API_KEY": "wandb-secret-42"},
     )
     refused = run_cli("publish-recipe", recipe, "tester/recipes", env=hub.env)
@@ -70,11 +60,11 @@ def test_publish_uploads_recipe_and_data_with_repo_relative_paths_and_no_secret(
     recipe = yaml.safe_load(files["recipe.yaml"])
     assert recipe["dataset_name"] == "data/train.jsonl" and recipe["chat_template_path"] == "templates/chatml.jinja"
     assert "hub_token" not in recipe and recipe["env"] == {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-    assert TOKEN.encode() not in files["recipe.yaml"] and b"wandb-secret-42" not in files["recipe.yaml"]
+    assert HUB_TOKEN.encode() not in files["recipe.yaml"] and b"wandb-secret-42" not in files["recipe.yaml"]
     commit = hub.state.repos[("model", "tester/recipes")].refs["main"]
     assert published["address"] == f"hf://tester/recipes/recipe.yaml@{commit}"
-    assert f"Bearer {TOKEN}" in hub.state.authorizations  # the client authenticated with the token
-    assert TOKEN not in published["publish"].stdout + published["publish"].stderr
+    assert f"Bearer {HUB_TOKEN}" in hub.state.authorizations  # the client authenticated with the token
+    assert HUB_TOKEN not in published["publish"].stdout + published["publish"].stderr
 
 
 @pytest.mark.slow
@@ -107,8 +97,8 @@ def test_train_from_hub_address_then_push_to_hub(hub, published, tmp_path):
     assert f"transformers {transformers.__version__}" in card
     for blob in [*pushed.values(), *(p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix in
                                      (".json", ".yaml", ".md", ".jsonl", ".txt", ".jinja"))]:
-        assert TOKEN.encode() not in blob
-    assert TOKEN not in proc.stdout + proc.stderr
+        assert HUB_TOKEN.encode() not in blob
+    assert HUB_TOKEN not in proc.stdout + proc.stderr
 
 
 def test_sft_push_uploads_a_run_dir_with_its_card(hub, published, tmp_path, tiny_model):
@@ -213,7 +203,7 @@ def test_bad_hub_addresses_fail_with_one_line(hub, published, address, message, 
     proc = run_cli("train", address, env=env)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert TOKEN not in proc.stderr
+    assert HUB_TOKEN not in proc.stderr
 
 
 def test_saved_recipe_holds_no_token(tmp_path, tiny_model):
@@ -222,13 +212,13 @@ def test_saved_recipe_holds_no_token(tmp_path, tiny_model):
 
     (tmp_path / "train.jsonl").write_text(chat_rows(WORDS))
     recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name="train.jsonl",
-                          output_dir=str(tmp_path / "out"), hub_token=TOKEN,
-                          env={"SFT_TEST_SERVICE_TOKEN": TOKEN, "SFT_TEST_PLAIN": "kept"})
+                          output_dir=str(tmp_path / "out"), hub_token=HUB_TOKEN,
+                          env={"SFT_TEST_SERVICE_TOKEN": HUB_TOKEN, "SFT_TEST_PLAIN": "kept"})
     try:
         write_resolved(load_recipe(str(recipe)), tmp_path / "resolved.yaml")
     finally:
         for name in ("SFT_TEST_SERVICE_TOKEN", "SFT_TEST_PLAIN"):
             os.environ.pop(name, None)
     text = (tmp_path / "resolved.yaml").read_text()
-    assert TOKEN not in text and "hub_token" not in text
+    assert HUB_TOKEN not in text and "hub_token" not in text
     assert yaml.safe_load(text)["env"] == {"SFT_TEST_PLAIN": "kept"}

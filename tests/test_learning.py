@@ -42,24 +42,28 @@ def exact_match(answers, references) -> float:
     return sum(stopped and answer == ref for (answer, stopped), ref in zip(answers, references)) / len(references)
 
 
-@pytest.mark.slow
-def test_quickstart_learns_instruction_data(quickstart_model, tmp_path):
-    out = tmp_path / "quickstart"
-    proc = run_cli("train", RECIPES / "quickstart.yaml", "--model_name_or_path", quickstart_model,
-                   "--output_dir", out, check=True)
-    assert "(instruction, loss on completion)" in proc.stderr
+def instruction_heldout():
     rows = [json.loads(line) for line in (RECIPES / "data/uppercase_heldout.jsonl").read_text().splitlines()]
-    answers = greedy_answers(out, [[{"role": "user", "content": r["instruction"]}] for r in rows])
-    assert exact_match(answers, [r["output"] for r in rows]) >= 0.8
+    return [[{"role": "user", "content": r["instruction"]}] for r in rows], [r["output"] for r in rows]
 
 
-@pytest.mark.slow
-def test_quickstart_learns_chat_data_in_assistant_mode(quickstart_model, tmp_path):
-    out = tmp_path / "quickstart-chat"
-    proc = run_cli("train", RECIPES / "quickstart_chat.yaml", "--model_name_or_path", quickstart_model,
-                   "--output_dir", out, check=True)
-    assert "(chat, loss on assistant)" in proc.stderr
+def chat_heldout():
     rows = [json.loads(line)["messages"] for line in
             (RECIPES / "data/uppercase_chat_heldout.jsonl").read_text().splitlines()]
-    answers = greedy_answers(out, [messages[:-1] for messages in rows])
-    assert exact_match(answers, [messages[-1]["content"] for messages in rows]) >= 0.8
+    return [messages[:-1] for messages in rows], [messages[-1]["content"] for messages in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe, data_line, heldout",
+    [("quickstart.yaml", "(instruction, loss on completion)", instruction_heldout),
+     ("quickstart_chat.yaml", "(chat, loss on assistant)", chat_heldout)],
+    ids=["instruction-completion", "chat-assistant"],
+)
+def test_quickstart_learns_and_stops(quickstart_model, tmp_path, recipe, data_line, heldout):
+    out = tmp_path / "run"
+    proc = run_cli("train", RECIPES / recipe, "--model_name_or_path", quickstart_model, "--output_dir", out,
+                   check=True)
+    assert data_line in proc.stderr
+    conversations, references = heldout()
+    assert exact_match(greedy_answers(out, conversations), references) >= 0.8

@@ -2,14 +2,11 @@
 template and stop token, exports to 4-bit NF4, and refuses a base the adapter was not trained on."""
 
 import json
-import uuid
 
 import pytest
 
-from tests.conftest import run_cli
-from tests.hub_server import HubServer
+from tests.conftest import HUB_TOKEN, run_cli
 
-TOKEN = "hf_sftMergeTest" + uuid.uuid4().hex
 
 # Merging adds B·A into W in float32: the logits may differ from W·x + B·(A·x) only by float rounding.
 LOGITS_TOLERANCE = 1e-4
@@ -22,12 +19,6 @@ def logits(model, ids):
         return model(input_ids=torch.tensor([ids])).logits[0]
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    with HubServer() as server:
-        server.env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": TOKEN,
-                      "HF_HOME": str(tmp_path_factory.mktemp("hf-home")), "HF_HUB_DISABLE_TELEMETRY": "1"}
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +120,7 @@ def test_push_publishes_the_merged_model(hub, merged):
     pushed = hub.files("tester/merged")
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "recipe.yaml"):
         assert pushed[name] == (merged / name).read_bytes()
-    assert "README.md" in pushed and not any(TOKEN.encode() in content for content in pushed.values())
+    assert "README.md" in pushed and not any(HUB_TOKEN.encode() in content for content in pushed.values())
 
 
 @pytest.mark.slow

@@ -301,7 +301,10 @@ def test_slurm_job_is_preempted_requeued_and_resumes_where_it_stopped(slurm, loo
 
     info = slurm.wait_for(job, lambda j: j["JobState"] in ("PENDING", "RUNNING", *FINISHED), timeout=60)
     if info["JobState"] == "PENDING":
-        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")  # skip Slurm's requeue delay
+        # Skip Slurm's requeue delay, but not entirely: slurmd refuses to launch a job id whose new start time is
+        # not later (in whole seconds) than the revocation of its previous credential ("credential revoked").
+        time.sleep(3)
+        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     info = slurm.wait_for(job, lambda j: j["JobState"] in FINISHED, timeout=240)
     text = log.read_text(errors="replace")
     assert info["JobState"] == "COMPLETED", f"{info}\n{text[-4000:]}"

@@ -1,4 +1,5 @@
-"""`sft eval MODEL_OR_RUN [--data FILE | --recipe RECIPE] [--json]`: perplexity and generation metrics."""
+"""`sft eval MODEL_OR_RUN [--data FILE | --recipe RECIPE] [--tasks T1,T2 [--include-path DIR]] [--json]`:
+perplexity, generation metrics, and lm-evaluation-harness tasks."""
 
 import click
 
@@ -12,7 +13,10 @@ METRIC_NAMES = ("perplexity", "exact_match", "contains", "rouge_l", "bleu")
 @click.option("--metrics", default=None,
               help=f"Comma-separated subset of {', '.join(METRIC_NAMES)}. Default: perplexity, plus the "
                    "generation metrics when the rows have answers.")
-@click.option("--tasks", default=None, help="lm-evaluation-harness tasks, comma-separated (needs lm-eval).")
+@click.option("--tasks", default=None, help="lm-evaluation-harness tasks, comma-separated (needs lm-eval: the eval "
+                                           "extra).")
+@click.option("--include-path", type=click.Path(), default=None,
+              help="Folder of lm-eval task YAML files (e.g. dataset_path: json with local data_files), for --tasks.")
 @click.option("--base", default=None, help="Base model for an adapter, instead of the one its config names.")
 @click.option("--dtype", default=None, help="Load weights in this dtype (float32, bfloat16, float16).")
 @click.option("--max-new-tokens", default=128, show_default=True)
@@ -21,14 +25,18 @@ METRIC_NAMES = ("perplexity", "exact_match", "contains", "rouge_l", "bleu")
 @click.option("-o", "--output", default=None,
               help="Predictions file (JSONL). Default: MODEL_OR_RUN/eval/predictions.jsonl.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def command(model_or_run, data_file, recipe, metrics, tasks, base, dtype, max_new_tokens, batch_size, limit, output,
-            as_json):
+def command(model_or_run, data_file, recipe, metrics, tasks, include_path, base, dtype, max_new_tokens, batch_size,
+            limit, output, as_json):
     """Evaluate a model, a run's output_dir or a LoRA adapter (applied to its base, not merged) on held-out data.
 
     Perplexity is computed on the tokens the run trains (rendered and masked as in training). Generation
     metrics use the run's chat template and generation config (which stops on the trained end-of-turn token),
     greedy, batched with left padding. A row may carry `expected` (a string or a list) for `contains`;
-    otherwise the reference answer is used. Every prompt, reference and prediction goes to the predictions file."""
+    otherwise the reference answer is used. Every prompt, reference and prediction goes to the predictions file.
+
+    --tasks runs lm-evaluation-harness tasks on the same loaded model (--limit: the first N documents of each).
+    Offline, define tasks in YAML files with local data (dataset_path: json, dataset_kwargs: {data_files: ...};
+    relative paths are from the current directory) and pass their folder with --include-path."""
     import json
     from pathlib import Path
 
@@ -38,6 +46,7 @@ def command(model_or_run, data_file, recipe, metrics, tasks, base, dtype, max_ne
         check_lm_eval,
         check_metric_fields,
         generation_scores,
+        lm_eval_task_manager,
         lm_eval_tasks,
         perplexity,
         read_eval_rows,
@@ -48,8 +57,13 @@ def command(model_or_run, data_file, recipe, metrics, tasks, base, dtype, max_ne
     quiet()
     if data_file and recipe:
         raise UserError("give either --data or --recipe, not both")
-    if tasks:
-        check_lm_eval()  # before any loading
+    if include_path and not tasks:
+        raise UserError("--include-path is the folder of --tasks YAML files: pass --tasks too")
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
+    if tasks and not task_list:
+        raise UserError("--tasks: no task names; give comma-separated lm-eval task names")
+    if task_list:
+        check_lm_eval()  # before reading any data
     wanted = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     for name in wanted or []:
         if name not in METRIC_NAMES:
@@ -76,6 +90,7 @@ def command(model_or_run, data_file, recipe, metrics, tasks, base, dtype, max_ne
             wanted = ["perplexity", *(GENERATION_METRICS if has_answers else ())]
         check_metric_fields(wanted, rows, source)
 
+    manager = lm_eval_task_manager(task_list, include_path) if task_list else None  # unknown tasks fail before loading
     loaded = load(model_or_run, dtype=dtype, base=base)
     for note in loaded.notes:
         click.echo(f"sft: {note}", err=True)
@@ -92,13 +107,15 @@ def command(model_or_run, data_file, recipe, metrics, tasks, base, dtype, max_ne
             write_jsonl(target, records)
             result["predictions"] = str(target)
     if tasks:
-        result["lm_eval"] = lm_eval_tasks(loaded, [t.strip() for t in tasks.split(",")], batch_size, limit)
+        result["lm_eval"] = lm_eval_tasks(loaded, task_list, manager, batch_size, limit)
     if as_json:
         click.echo(json.dumps(result))
         return
-    for key, value in result.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else value
-        click.echo(f"{key:>12}: {shown}")
+    shown = {k: v for k, v in result.items() if k != "lm_eval"}
+    shown.update({f"{task}/{metric}": value for task, values in result.get("lm_eval", {}).items()
+                  for metric, value in values.items()})
+    for key, value in shown.items():
+        click.echo(f"{key:>12}: {value:.4f}" if isinstance(value, float) else f"{key:>12}: {value}")
 
 
 def recipe_eval_rows(recipe_address, folder):
