@@ -58,6 +58,16 @@ def quantization_config(recipe):
     return None
 
 
+def describe_quantization(quant) -> str:
+    """One line for the user: what the base weights were loaded as."""
+    if not quant.load_in_4bit:
+        return "8-bit (LLM.int8)"
+    compute, storage = (str(d).removeprefix("torch.") for d in (quant.bnb_4bit_compute_dtype,
+                                                                 quant.bnb_4bit_quant_storage))
+    double = ", double quantization" if quant.bnb_4bit_use_double_quant else ""
+    return f"4-bit {quant.bnb_4bit_quant_type.upper()}{double}, compute {compute}, storage {storage}"
+
+
 def load_model(recipe, tokenizer, added_tokens: list[str]):
     from transformers import AutoModelForCausalLM
 
@@ -78,6 +88,10 @@ def load_model(recipe, tokenizer, added_tokens: list[str]):
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as err:
         raise UserError(f"{model_args.model_name_or_path}: cannot load model: {str(err).splitlines()[0]}") from err
+    if quant is not None:
+        from sft.logs import say
+
+        say(f"base loaded in {describe_quantization(quant)}")
     if added_tokens or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     if recipe.sft.method == "freeze":

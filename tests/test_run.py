@@ -90,6 +90,15 @@ def test_qlora_trains_an_adapter_on_a_4bit_base(entry, tmp_path, tiny_model, dat
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
     resolved = (out / "recipe.yaml").read_text()
     assert "load_in_4bit: true" in resolved and "use_bnb_nested_quant: true" in resolved
+    assert "base loaded in 4-bit NF4, double quantization, compute float32, storage float32" in proc.stderr
+
+
+def test_lora_on_an_8bit_base(tmp_path, tiny_model, data_file):
+    out, proc = train("run.py", tmp_path, tiny_model, data_file, "lora", load_in_8bit=True, lora_r=4, lora_alpha=8)
+    assert_common_outputs(out, proc)
+    assert "base loaded in 8-bit (LLM.int8)" in proc.stderr
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
 
 
 @pytest.mark.parametrize("entry", ["train", "run.py"])
