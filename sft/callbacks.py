@@ -223,7 +223,7 @@ def training_callbacks(recipe, tokenizer, eval_rows=None) -> list:
     if recipe.sft.sample_every_n_steps:
         from transformers import GenerationConfig
 
-        from sft.chat_templates import end_of_turn_token
+        from sft.masks import end_of_turn_token
 
         prompts, texts = sample_prompts(recipe, tokenizer, eval_rows)
         stop = end_of_turn_token(tokenizer)  # stop where the trained turn ends, as the saved model will

@@ -75,10 +75,3 @@ def check_has_template(tokenizer, source: str) -> None:
             f"{source}: the tokenizer has no chat template and chat data needs one; set chat_template to one of "
             f"{', '.join(BUILTIN_TEMPLATES)}, inline Jinja, or a .jinja file"
         )
-
-
-def end_of_turn_token(tokenizer) -> str | None:
-    """The special token the template writes right after an assistant turn: what generation must stop on."""
-    from sft.masks import end_of_turn_token as find
-
-    return find(tokenizer)

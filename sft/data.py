@@ -141,10 +141,6 @@ def load_local_file(path: Path):
     return dataset, [f"{path} row {i + 1}" for i in range(len(dataset))]
 
 
-def load_local(files: list[Path], split: str = "train"):
-    return concatenated(load_local_parts(files), files[0].parent)
-
-
 def load_local_parts(files: list[Path]) -> list[tuple]:
     return [load_local_file(f) for f in files]
 

@@ -34,7 +34,6 @@ from sft.errors import UserError
 
 OPEN, CLOSE = "\ue000", "\ue001"
 IGNORE = -100
-LOSS_MODES = ("completion", "assistant", "last_assistant", "all")
 # What to do with an example whose mask cannot be established (content rewritten or dropped by the template):
 FALLBACKS = {
     "error": "stop and name the example and the reason (default)",

@@ -15,11 +15,12 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 
 def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    from sft.chat_templates import apply_template, end_of_turn_token
+    from sft.chat_templates import apply_template
     from sft.checkpoints import resume_checkpoint, save_final
     from sft.data import prepare_data
     from sft.hub import take_push_request
     from sft.logs import say
+    from sft.masks import end_of_turn_token
     from sft.modeling import check_model_source, load_model, load_tokenizer, peft_config
     from sft.profiles import check_running
     from sft.recipe import load_recipe
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
     exit_on_user_error(train, argv[0], [a if a != "--fresh" else "--resume=false" for a in argv[1:]])
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from sft.hardware import world_size
+
+    if world_size() > 1:
         # Everything is saved and the process group is gone, but DeepSpeed/gloo threads can still abort the
         # interpreter's teardown ("terminate called without an active exception", seen after resumed ZeRO-3 QLoRA
         # runs on CPU), failing a finished run. Leave without the teardown.

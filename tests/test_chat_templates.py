@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sft.chat_templates import BUILTIN_TEMPLATES, end_of_turn_token, resolve_template, set_template
+from sft.chat_templates import BUILTIN_TEMPLATES, resolve_template, set_template
+from sft.masks import end_of_turn_token
 from sft.errors import UserError
 
 GOLDEN = Path(__file__).parent / "golden"
