@@ -1,21 +1,28 @@
 """Throughput, MFU and peak memory of every launch profile that fits, beside the planner's estimate.
 
-    python bench/profiles.py [--model-config CONFIG.json] [--method full|lora|qlora] [--steps 30]
-                             [--seq 2048] [--batch 4] [--gpus N] [--profiles zero2,zero3]
+    python bench/profiles.py [--model-config CONFIG.json] [--method full|lora|qlora] [--steps 30] [--warmup 5]
+                             [--seq 2048] [--batch 4] [--gpus N] [--profiles zero2,zero3] [--peak-tflops T]
+                             [--cpu] [--json FILE] [--keep DIR]
 
 Runs offline: the model is built from a config with random weights (default: a Llama-3.2-1B-shaped config, or
 e.g. recipes/tiers/configs/Llama-3.1-8B/config.json), the tokenizer is sft's locally built character tokenizer,
 the data is synthetic text of exactly --seq tokens per row. Each profile trains --steps steps through the real
 run path (`accelerate launch --config_file accelerate_configs/NAME.yaml ... sft/run.py`); each process reports
-its peak GPU memory. Printed per profile: tokens/s per GPU over the steps after --warmup, MFU = 6 * N * tokens/s
-per GPU / the GPU's dense bf16 peak (A100 312, H100/H200 989 TFLOP/s), peak memory (allocated and reserved) and
-the planner's estimate. Without a GPU it says so and prints the planner's estimates only.
+its peak memory. Printed per profile: tokens/s per device over the steps after --warmup, MFU = 6 * N * tokens/s
+per device / the device's dense bf16 peak (A100 312, H100/H200 989 TFLOP/s, or --peak-tflops), peak memory
+(allocated and reserved) and the planner's estimate.
+
+On a machine without a GPU it prints the planner's estimates only, unless --cpu asks for the same measurement on
+CPU processes over gloo (float32, peak memory = each process's peak resident set; give a small --model-config).
+DeepSpeed profiles are skipped with a note when deepspeed is not installed.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import random
+import shutil
 import string
 import subprocess
 import sys
@@ -32,14 +39,25 @@ PEAK_BF16 = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
 DEFAULT_CONFIG = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
                   "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
                   "rope_theta": 500000.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
+NEEDED = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "yaml", "click"]
+
+
+def fail(message: str) -> None:
+    """Bad input: one line, exit code 2, as sft's own commands do."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
 
 
 def peak_flops(name: str) -> float | None:
     return next((flops for key, flops in PEAK_BF16 if key in name), None)
 
 
+def missing(modules: list[str]) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
 def build_model(folder: Path, model_config: str | None, weights: bool) -> None:
-    """sft's character tokenizer and the config, and (for a GPU run) random bf16 weights, as a model folder."""
+    """sft's character tokenizer and the config, and (for a measured run) random bf16 weights, as a model folder."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
@@ -47,20 +65,26 @@ def build_model(folder: Path, model_config: str | None, weights: bool) -> None:
 
     tokenizer = build_tokenizer("char")
     config = AutoConfig.from_pretrained(model_config) if model_config else LlamaConfig(**DEFAULT_CONFIG)
+    if config.vocab_size < len(tokenizer):
+        fail(f"--model-config {model_config}: vocab_size {config.vocab_size} is smaller than the bench's "
+                 f"character tokenizer ({len(tokenizer)} tokens); use a config with a larger vocab_size")
     config.bos_token_id, config.eos_token_id, config.pad_token_id = (tokenizer.bos_token_id, tokenizer.eos_token_id,
                                                                       tokenizer.pad_token_id)
     tokenizer.save_pretrained(folder)
     if weights:
+        torch.manual_seed(0)
         AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
     else:
         config.save_pretrained(folder)  # the planner needs only the config
 
 
 def write_data(path: Path, rows: int, seq: int) -> None:
+    """Rows of 2 * `seq` characters, which the run truncates to exactly `seq` tokens (the character tokenizer
+    makes one token per character), so every micro-batch is full and tokens/s counts no padding."""
     rng = random.Random(0)
     with path.open("w") as f:
         for _ in range(rows):
-            text = "".join(rng.choice(string.ascii_lowercase + " ") for _ in range(seq))
+            text = "".join(rng.choice(string.ascii_lowercase + " ") for _ in range(2 * seq))
             f.write(json.dumps({"text": text}) + "\n")
 
 
@@ -71,20 +95,27 @@ def write_recipe(path: Path, model: Path, data: Path, args) -> None:
               "method": args.method, "dtype": "bfloat16", "bf16": True, "gradient_checkpointing": True,
               "max_length": args.seq, "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1,
               "max_steps": args.steps, "logging_steps": 1, "save_strategy": "no", "learning_rate": 1e-5,
-              "report_to": "none", "seed": 0, "include_num_input_tokens_seen": "all"}
+              "report_to": "none", "seed": 0, "include_num_input_tokens_seen": "non_padding"}
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
 
 
 def worker(recipe: str, report: str, overrides: list[str]) -> None:
-    """Inside `accelerate launch`: the real run, then this process's peak GPU memory."""
+    """Inside `accelerate launch`: the real run, then this process's peak memory."""
+    import resource
+
     import torch
 
     from sft.run import train
 
     train(recipe, overrides)
-    rank = int(os.environ.get("RANK", "0"))
-    peak = {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()}
-    Path(report, f"rank{rank}.json").write_text(json.dumps(peak))
+    if torch.cuda.is_available():
+        peak = {"allocated": torch.cuda.max_memory_allocated(), "reserved": torch.cuda.max_memory_reserved()}
+    else:  # Linux reports the peak resident set in KiB
+        peak = {"allocated": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "reserved": None}
+    Path(report, f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(peak))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as sft/run.py: everything is written; skip a teardown that gloo/DeepSpeed threads can abort
 
 
 def throughput(output_dir: Path, warmup: int) -> float | None:
@@ -108,15 +139,37 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of tokens/s")
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4, help="per-device micro-batch")
-    parser.add_argument("--gpus", type=int, help="processes (default: every GPU)")
+    parser.add_argument("--gpus", type=int, help="processes (default: every GPU; with --cpu, 2)")
     parser.add_argument("--profiles", help="comma-separated profiles (default: every one the planner says fits)")
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak per device for MFU (default: by GPU name)")
+    parser.add_argument("--cpu", action="store_true", help="measure on CPU processes over gloo (a small model)")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--keep", help="work in this folder and keep the runs (default: a temporary folder)")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "REPORT_DIR"), help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args()
     if args.worker:
         return worker(args.worker[0], args.worker[1], extra)
+    from sft.profiles import PROFILES
 
-    with tempfile.TemporaryDirectory(prefix="sft-bench-profiles-") as tmp:  # the model folder can be GBs
-        bench(args, Path(tmp))
+    unknown = [p for p in (args.profiles or "").split(",") if p and p not in PROFILES]
+    if unknown:
+        fail(f"--profiles: unknown {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
+    if args.warmup >= args.steps - 1:
+        fail(f"--warmup {args.warmup}: leave at least two logged steps after it (--steps {args.steps})")
+    absent = missing(NEEDED + (["bitsandbytes"] if args.method == "qlora" else []))
+    if absent:
+        fail(f"missing Python packages: {', '.join(absent)}; install sft beside the preinstalled torch with "
+                 "`pip install -e .` (offline: `pip install --no-index --find-links WHEELS -e .`)")
+
+    if args.keep:
+        work = Path(args.keep)
+        if work.exists() and any(work.iterdir()):
+            fail(f"--keep {work}: folder is not empty; name a new or empty one")
+        work.mkdir(parents=True, exist_ok=True)
+        bench(args, work)
+    else:
+        with tempfile.TemporaryDirectory(prefix="sft-bench-profiles-") as tmp:  # the model folder can be GBs
+            bench(args, Path(tmp))
 
 
 def bench(args, work: Path) -> None:
@@ -126,62 +179,92 @@ def bench(args, work: Path) -> None:
     from sft.profiles import PROFILES
     from sft.recipe import load_recipe
 
-    on_gpu = torch.cuda.is_available()
-    gpus = args.gpus or (torch.cuda.device_count() if on_gpu else 1)
-    name = torch.cuda.get_device_name(0) if on_gpu else "no GPU"
+    on_gpu = torch.cuda.is_available() and not args.cpu
+    measure = on_gpu or args.cpu
+    gpus = args.gpus or (torch.cuda.device_count() if on_gpu else 2 if args.cpu else 1)
+    name = torch.cuda.get_device_name(0) if on_gpu else "CPU" if args.cpu else "no GPU"
     memory = torch.cuda.get_device_properties(0).total_memory / GB if on_gpu else 80.0
-    build_model(work / "model", args.model_config, weights=on_gpu)
+    build_model(work / "model", args.model_config, weights=measure)
     write_data(work / "data.jsonl", rows=args.steps * args.batch * gpus + 8, seq=args.seq)
     recipe_path = work / "recipe.yaml"
     write_recipe(recipe_path, work / "model", work / "data.jsonl", args)
-    plan = make_plan(load_recipe(str(recipe_path)), gpus, memory, half=True, recipe_address=str(recipe_path))
+    # On CPU the run trains in float32 (sft/hardware.py), so plan float32 there.
+    plan = make_plan(load_recipe(str(recipe_path)), gpus, memory, half=not args.cpu, recipe_address=str(recipe_path))
     estimates = {p["name"]: p for p in plan["profiles"]}
     n_params = plan["model"]["parameters"]
     chosen = args.profiles.split(",") if args.profiles else [p["name"] for p in plan["profiles"]
                                                              if p["applicable"] and p["fits"]]
-    unknown = [p for p in chosen if p not in PROFILES]
-    if unknown:
-        sys.exit(f"--profiles: unknown {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
-    print(f"model: {n_params / 1e9:.2f}B parameters ({args.method}), micro-batch {args.batch} x {args.seq} tokens, "
-          f"{gpus} x {name} ({memory:.0f} GB); profiles: {', '.join(chosen) or 'none fits'}")
-    if not on_gpu:
-        print("no GPU: cannot measure tokens/s, MFU or peak GPU memory; the planner's estimates per GPU "
-              f"(for {gpus} x 80 GB):")
+    print(f"model: {n_params / 1e9:.3g}B parameters ({args.method}), micro-batch {args.batch} x {args.seq} tokens, "
+          f"{gpus} x {name}" + (f" ({memory:.0f} GB)" if on_gpu else "") +
+          f"; profiles: {', '.join(chosen) or 'none fits'}")
+    if not measure:
+        print("no GPU: cannot measure tokens/s, MFU or peak GPU memory (--cpu measures on CPU processes); the "
+              f"planner's estimates per GPU (for {gpus} x 80 GB):")
         for p in plan["profiles"]:
             if p["applicable"]:
                 print(f"  {p['name']:14s} estimate {p['per_gpu_bytes'] / GB:6.1f} GB  fits: {p['fits']}")
         return
-    peak = peak_flops(name)
-    header = f"{'profile':14s} {'tokens/s/GPU':>12s} {'MFU':>6s} {'peak alloc GB':>13s} {'reserved GB':>11s} " \
-             f"{'estimate GB':>11s}  status"
-    rows = []
-    for profile in chosen:
-        out, report = work / f"run-{profile}", work / f"report-{profile}"
-        report.mkdir()
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(ROOT / "accelerate_configs" / f"{profile}.yaml"), "--num_processes", str(gpus)]
-        if PROFILES[profile].deepspeed_config:
-            cmd += ["--deepspeed_config_file", str(ROOT / PROFILES[profile].deepspeed_config)]
-        cmd += [str(Path(__file__).resolve()), "--worker", str(recipe_path), str(report), "--output_dir", str(out)]
-        started = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-        estimate = estimates[profile]["per_gpu_bytes"] / GB
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:150]
-            rows.append(f"{profile:14s} {'-':>12s} {'-':>6s} {'-':>13s} {'-':>11s} {estimate:11.1f}  failed: {tail}")
-            continue
-        tokens = throughput(out, args.warmup)
-        per_gpu = tokens / gpus if tokens else None
-        mfu = f"{6 * n_params * per_gpu / peak:.1%}" if per_gpu and peak else "n/a"
-        peaks = [json.loads(f.read_text()) for f in report.glob("rank*.json")]
-        alloc = max(p["allocated"] for p in peaks) / GB if peaks else float("nan")
-        reserved = max(p["reserved"] for p in peaks) / GB if peaks else float("nan")
-        rows.append(f"{profile:14s} {per_gpu or float('nan'):12.0f} {mfu:>6s} {alloc:13.1f} {reserved:11.1f} "
-                    f"{estimate:11.1f}  ok ({time.time() - started:.0f} s)")
-    print(header)
-    print("\n".join(rows))
-    print(f"MFU: 6 x {n_params / 1e9:.2f}B FLOPs per token over the dense bf16 peak of {name} "
-          f"({peak / 1e12:.0f} TFLOP/s)" if peak else f"MFU: unknown peak for {name}")
+
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(name)
+    results = [run_profile(profile, PROFILES[profile], gpus, recipe_path, work, args.warmup, n_params, peak,
+                           estimates[profile]["per_gpu_bytes"]) for profile in chosen]
+    print_table(results, "peak RSS GB" if args.cpu else "peak alloc GB")
+    print(f"MFU: 6 x {n_params / 1e9:.3g}B FLOPs per token over a dense bf16 peak of {peak / 1e12:g} TFLOP/s"
+          if peak else f"MFU: unknown peak for {name} (pass --peak-tflops)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "device": name, "processes": gpus, "parameters": n_params, "method": args.method, "seq": args.seq,
+            "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "peak_flops": peak,
+            "profiles": results}, indent=2))
+
+
+def run_profile(name: str, profile, gpus: int, recipe_path: Path, work: Path, warmup: int, n_params: int,
+                peak: float | None, estimate: int) -> dict:
+    """One `accelerate launch` of the bench's worker under a profile, and what it measured."""
+    result = {"name": name, "status": "ok", "estimate_bytes": estimate, "tokens_per_second_per_device": None,
+              "mfu": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None, "seconds": None,
+              "output_dir": str(work / f"run-{name}"), "reason": None}
+    if profile.deepspeed_config and importlib.util.find_spec("deepspeed") is None:
+        return {**result, "status": "skipped", "reason": "deepspeed is not installed "
+                "(pip install --no-build-isolation deepspeed)"}
+    out, report = work / f"run-{name}", work / f"report-{name}"
+    report.mkdir()
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(profile.config_file),
+           "--num_processes", str(gpus)]
+    if profile.deepspeed_config:
+        cmd += ["--deepspeed_config_file", str(ROOT / profile.deepspeed_config)]
+    cmd += [str(Path(__file__).resolve()), "--worker", str(recipe_path), str(report), "--output_dir", str(out)]
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    result["seconds"] = round(time.time() - started, 1)
+    (work / f"log-{name}.txt").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()] or ["?"]
+        return {**result, "status": "failed", "reason": lines[-1][:200]}
+    tokens = throughput(out, warmup)
+    per_device = tokens / gpus if tokens else None
+    peaks = [json.loads(f.read_text()) for f in sorted(report.glob("rank*.json"))]
+    reserved = [p["reserved"] for p in peaks if p["reserved"] is not None]
+    return {**result, "tokens_per_second_per_device": per_device,
+            "mfu": 6 * n_params * per_device / peak if per_device and peak else None,
+            "peak_allocated_bytes": max(p["allocated"] for p in peaks) if peaks else None,
+            "peak_reserved_bytes": max(reserved) if reserved else None}
+
+
+def print_table(results: list[dict], memory_column: str) -> None:
+    from sft.plan import GB
+
+    def number(value, scale=1.0, form="{:.1f}"):
+        return "-" if value is None else form.format(value / scale)
+
+    print(f"{'profile':14s} {'tokens/s/dev':>12s} {'MFU':>6s} {memory_column:>13s} {'reserved GB':>11s} "
+          f"{'estimate GB':>11s}  status")
+    for r in results:
+        status = {"ok": f"ok ({r['seconds']:.0f} s)"}.get(r["status"], f"{r['status']}: {r['reason']}")
+        print(f"{r['name']:14s} {number(r['tokens_per_second_per_device'], form='{:.0f}'):>12s} "
+              f"{number(r['mfu'], 0.01, '{:.1f}%'):>6s} {number(r['peak_allocated_bytes'], GB, '{:.2f}'):>13s} "
+              f"{number(r['peak_reserved_bytes'], GB, '{:.2f}'):>11s} {number(r['estimate_bytes'], GB, '{:.2f}'):>11s}"
+              f"  {status}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ def adapt_training_values(values: dict) -> list[str]:
     if not has_gpu():
         wanted = [k for k in ("bf16", "fp16") if values.get(k)]
         values["bf16"] = values["fp16"] = False
+        if values.get("dtype", "float32") not in ("float32", "float"):
+            # Pure 16-bit weights on CPU: slow kernels and updates lost to rounding, with no fp32 master copy.
+            wanted.append(f"dtype {values['dtype']}")
+            values["dtype"] = "float32"
         extra = f" ({' and '.join(wanted)} from the recipe turned off)" if wanted else ""
         launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         if launcher != "no":

@@ -29,6 +29,7 @@ CASES = [
     ("multi_gpu", "full", [], "2 processes over gloo"),
     ("zero2", "full", [], "2 processes over gloo"),
     ("zero3", "full", [], "2 processes over gloo"),
+    ("zero3_offload", "full", [], "2 processes over gloo"),
     ("zero3", "lora", ["--gradient_checkpointing_kwargs", '{"use_reentrant": false}'],
      "gradient_checkpointing_kwargs.use_reentrant false -> true"),
     ("zero3_qlora", "qlora", ["--bnb_4bit_quant_storage", "uint8"], "bnb_4bit_quant_storage uint8 -> float32"),

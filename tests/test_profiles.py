@@ -60,6 +60,13 @@ def test_a_bf16_accelerate_config_runs_in_float32_on_cpu(tiny_model, tmp_path, m
     assert any("mixed_precision bf16 from the accelerate config turned off" in n for n in recipe.notes)
 
 
+def test_a_16_bit_recipe_trains_in_float32_on_cpu(tiny_model, tmp_path):
+    recipe = load(tmp_path, tiny_model, dtype="bfloat16", bf16=True)
+    assert recipe.model.dtype == "float32" and not recipe.training.bf16
+    assert any(n.startswith("no GPU found: training on CPU in float32 (bf16 and dtype bfloat16 from the recipe turned "
+                            "off)") for n in recipe.notes)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Refuse or fix
 
