@@ -13,7 +13,7 @@ per device / the device's dense bf16 peak (A100 312, H100/H200 989 TFLOP/s, or -
 (allocated and reserved) and the planner's estimate.
 
 On a machine without a GPU it prints the planner's estimates only, unless --cpu asks for the same measurement on
-CPU processes over gloo (float32, peak memory = each process's peak resident set; give a small --model-config).
+CPU processes over gloo (float32, peak memory = each process's peak resident set, sft's tiny Llama by default).
 DeepSpeed profiles are skipped with a note when deepspeed is not installed.
 """
 
@@ -56,15 +56,19 @@ def missing(modules: list[str]) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
-def build_model(folder: Path, model_config: str | None, weights: bool) -> None:
-    """sft's character tokenizer and the config, and (for a measured run) random bf16 weights, as a model folder."""
+def build_model(folder: Path, model_config: str | None, weights: bool, cpu: bool) -> None:
+    """sft's character tokenizer and the config, and (for a measured run) random bf16 weights, as a model folder.
+    Without --model-config: Llama-3.2-1B's shape on GPU, sft's tiny Llama (sft tiny-model) on CPU."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-    from sft.tiny import build_tokenizer
+    from sft.tiny import build_model_config, build_tokenizer
 
     tokenizer = build_tokenizer("char")
-    config = AutoConfig.from_pretrained(model_config) if model_config else LlamaConfig(**DEFAULT_CONFIG)
+    if model_config:
+        config = AutoConfig.from_pretrained(model_config)
+    else:
+        config = build_model_config(len(tokenizer)) if cpu else LlamaConfig(**DEFAULT_CONFIG)
     if config.vocab_size < len(tokenizer):
         fail(f"--model-config {model_config}: vocab_size {config.vocab_size} is smaller than the bench's "
                  f"character tokenizer ({len(tokenizer)} tokens); use a config with a larger vocab_size")
@@ -133,7 +137,8 @@ def throughput(output_dir: Path, warmup: int) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-config", help="config.json to build the model from (default: Llama-3.2-1B shape)")
+    parser.add_argument("--model-config", help="config.json to build the model from (default: Llama-3.2-1B's "
+                        "shape; with --cpu, sft's tiny Llama)")
     parser.add_argument("--method", default="full", choices=["full", "lora", "qlora"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of tokens/s")
@@ -147,6 +152,7 @@ def main() -> None:
     parser.add_argument("--keep", help="work in this folder and keep the runs (default: a temporary folder)")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "REPORT_DIR"), help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never wait on a network that is not there
     if args.worker:
         return worker(args.worker[0], args.worker[1], extra)
     from sft.profiles import PROFILES
@@ -184,7 +190,7 @@ def bench(args, work: Path) -> None:
     gpus = args.gpus or (torch.cuda.device_count() if on_gpu else 2 if args.cpu else 1)
     name = torch.cuda.get_device_name(0) if on_gpu else "CPU" if args.cpu else "no GPU"
     memory = torch.cuda.get_device_properties(0).total_memory / GB if on_gpu else 80.0
-    build_model(work / "model", args.model_config, weights=measure)
+    build_model(work / "model", args.model_config, weights=measure, cpu=args.cpu)
     write_data(work / "data.jsonl", rows=args.steps * args.batch * gpus + 8, seq=args.seq)
     recipe_path = work / "recipe.yaml"
     write_recipe(recipe_path, work / "model", work / "data.jsonl", args)
@@ -206,8 +212,9 @@ def bench(args, work: Path) -> None:
         return
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(name)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if args.cpu else None  # --cpu on a GPU machine: still CPU
     results = [run_profile(profile, PROFILES[profile], gpus, recipe_path, work, args.warmup, n_params, peak,
-                           estimates[profile]["per_gpu_bytes"]) for profile in chosen]
+                           estimates[profile]["per_gpu_bytes"], env) for profile in chosen]
     print_table(results, "peak RSS GB" if args.cpu else "peak alloc GB")
     print(f"MFU: 6 x {n_params / 1e9:.3g}B FLOPs per token over a dense bf16 peak of {peak / 1e12:g} TFLOP/s"
           if peak else f"MFU: unknown peak for {name} (pass --peak-tflops)")
@@ -219,7 +226,7 @@ def bench(args, work: Path) -> None:
 
 
 def run_profile(name: str, profile, gpus: int, recipe_path: Path, work: Path, warmup: int, n_params: int,
-                peak: float | None, estimate: int) -> dict:
+                peak: float | None, estimate: int, env: dict | None) -> dict:
     """One `accelerate launch` of the bench's worker under a profile, and what it measured."""
     result = {"name": name, "status": "ok", "estimate_bytes": estimate, "tokens_per_second_per_device": None,
               "mfu": None, "peak_allocated_bytes": None, "peak_reserved_bytes": None, "seconds": None,
@@ -235,7 +242,7 @@ def run_profile(name: str, profile, gpus: int, recipe_path: Path, work: Path, wa
         cmd += ["--deepspeed_config_file", str(ROOT / profile.deepspeed_config)]
     cmd += [str(Path(__file__).resolve()), "--worker", str(recipe_path), str(report), "--output_dir", str(out)]
     started = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     result["seconds"] = round(time.time() - started, 1)
     (work / f"log-{name}.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:

@@ -2,8 +2,9 @@
 
 import os
 
-# Values chosen here for this machine; the resolved recipe leaves them out unless the recipe set them.
-HARDWARE_KEYS = ("bf16", "fp16", "ddp_backend", "use_cpu")
+# Values chosen here for this machine; the resolved recipe writes the recipe's own (or leaves them out), so it
+# asks for the same on other hardware.
+HARDWARE_KEYS = ("bf16", "fp16", "ddp_backend", "use_cpu", "dtype")
 
 
 def has_gpu() -> bool:

@@ -243,7 +243,7 @@ def setup_from_recipe(recipe, count: ModelCount, half: bool | None = None) -> Se
     training, explicit = recipe.training, recipe.explicit
     if half is None:
         half = bool(explicit.get("bf16", True) or explicit.get("fp16", False))
-    dtype = recipe.model.dtype
+    dtype = explicit.get("dtype", recipe.model.dtype)  # the recipe's own: a CPU machine loads float32 instead
     if dtype in (None, "auto"):
         dtype = count.config_dtype or "float32"
     optim = str(getattr(training.optim, "value", training.optim))

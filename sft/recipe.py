@@ -475,8 +475,8 @@ SECRET_KEYS = ("hub_token", "push_to_hub_token")
 
 
 def resolved_values(recipe: Recipe) -> dict:
-    """Every effective value, flat, as a recipe. Values chosen for this machine's hardware are left out unless the
-    recipe set them, so the file reproduces the run on other hardware too."""
+    """Every effective value, flat, as a recipe. Values chosen for this machine's hardware are the recipe's own, or
+    left out where it set none, so the file asks for the same run on other hardware too."""
     from sft.hardware import HARDWARE_KEYS
 
     out = {}
@@ -485,7 +485,9 @@ def resolved_values(recipe: Recipe) -> dict:
         for f in dataclasses.fields(obj):
             if not f.init or f.name.startswith("_") or f.name in SECRET_KEYS or f.name == "provenance":
                 continue
-            if f.name in HARDWARE_KEYS and f.name not in recipe.explicit:
+            if f.name in HARDWARE_KEYS:
+                if f.name in recipe.explicit:
+                    out[f.name] = _plain(recipe.explicit[f.name])
                 continue
             out[f.name] = _plain(getattr(obj, f.name))
     if out.get("env"):  # a token set through `env:` (HF_TOKEN, WANDB_API_KEY, ...) is never written either

@@ -220,20 +220,26 @@ def test_tier_recipes_pass_check_and_plan_offline(offline_hub, tmp_path):
             assert plan["recommended"] == "single_gpu"
 
 
-@pytest.mark.parametrize("recipe, size, gpus, memory, recommended, also_fits", [
-    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 80, "zero2", {"zero3", "zero3_offload"}),
-    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 40, "zero3", {"zero3_offload"}),
-    ("llama-3.1-70b-qlora-8xa100-80gb", "70B", 8, 80, "multi_gpu", {"zero3_qlora"}),
-    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 80, "multi_gpu", {"zero3_qlora"}),
-    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 40, "zero3_qlora", set()),
+# GB per GPU of the recommended profile: the same on this CPU machine as on the GPUs it plans for (the recipe's
+# bfloat16, not the float32 a CPU run would load).
+@pytest.mark.parametrize("recipe, size, gpus, memory, recommended, also_fits, recommended_gb", [
+    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 80, "zero2", {"zero3", "zero3_offload"}, 47.1),
+    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 40, "zero3", {"zero3_offload"}, 32.6),
+    ("llama-3.1-70b-qlora-8xa100-80gb", "70B", 8, 80, "multi_gpu", {"zero3_qlora"}, 52.3),
+    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 80, "multi_gpu", {"zero3_qlora"}, 52.3),
+    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 40, "zero3_qlora", set(), 31.5),
 ])
-def test_tier_recipes_plan(recipe, size, gpus, memory, recommended, also_fits):
+def test_tier_recipes_plan(recipe, size, gpus, memory, recommended, also_fits, recommended_gb):
     from sft.plan import make_plan
     from sft.recipe import load_recipe
 
     config = str(TIERS / "configs" / f"Llama-3.1-{size}" / "config.json")
     plan = make_plan(load_recipe(str(TIERS / f"{recipe}.yaml")), gpus, memory, model_config=config)
     assert plan["recommended"] == recommended
+    estimates = {p["name"]: p["per_gpu_bytes"] / 1e9 for p in plan["profiles"]}
+    assert estimates[recommended] == pytest.approx(recommended_gb, abs=0.05)
+    if recipe == "llama-3.1-8b-full-8xa100-80gb":
+        assert estimates["multi_gpu"] == pytest.approx(84.6, abs=0.05)  # 16-bit weights: DDP does not fit 80 GB
     fitting = {p["name"] for p in plan["profiles"] if p["applicable"] and p["fits"]}
     assert fitting == {recommended} | also_fits
     for p in plan["profiles"]:

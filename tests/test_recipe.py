@@ -81,7 +81,7 @@ def test_renamed_keys_map_to_todays_meaning_with_one_note_each(tmp_path):
     )
     recipe = load_recipe(path)
     assert recipe.training.max_length == 128
-    assert recipe.model.dtype == "bfloat16"
+    assert recipe.explicit["dtype"] == "bfloat16"  # what the recipe asks for; a CPU machine loads float32 instead
     assert recipe.training.warmup_steps == 0.1
     assert recipe.training.eval_strategy.value == "steps"
     assert recipe.training.packing_strategy == "bfd"
@@ -181,3 +181,13 @@ def test_resolved_recipe_reloads_to_the_same_values_without_secrets(tmp_path):
     assert "bf16" not in data  # chosen for this machine, not by the recipe
     again = load_recipe(str(out))
     assert resolved_values(again) == resolved_values(recipe)
+
+
+def test_resolved_recipe_asks_for_the_recipes_precision_not_this_machines(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", model_name_or_path="m", bf16=True, dtype="bfloat16",
+                        output_dir=str(tmp_path / "out"))
+    recipe = load_recipe(str(path))
+    assert recipe.model.dtype == "float32" and recipe.training.bf16 is False  # this machine has no GPU
+    write_resolved(recipe, tmp_path / "resolved.yaml")
+    data = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
+    assert data["bf16"] is True and data["dtype"] == "bfloat16"  # a GPU machine reruns it in bf16
