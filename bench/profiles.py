@@ -200,7 +200,7 @@ def bench(args, work: Path) -> None:
     n_params = plan["model"]["parameters"]
     chosen = args.profiles.split(",") if args.profiles else [p["name"] for p in plan["profiles"]
                                                              if p["applicable"] and p["fits"]]
-    print(f"model: {n_params / 1e9:.3g}B parameters ({args.method}), micro-batch {args.batch} x {args.seq} tokens, "
+    print(f"model: {n_params:,} parameters ({args.method}), micro-batch {args.batch} x {args.seq} tokens, "
           f"{gpus} x {name}" + (f" ({memory:.0f} GB)" if on_gpu else "") +
           f"; profiles: {', '.join(chosen) or 'none fits'}")
     if not measure:
@@ -216,7 +216,7 @@ def bench(args, work: Path) -> None:
     results = [run_profile(profile, PROFILES[profile], gpus, recipe_path, work, args.warmup, n_params, peak,
                            estimates[profile]["per_gpu_bytes"], env) for profile in chosen]
     print_table(results, "peak RSS GB" if args.cpu else "peak alloc GB")
-    print(f"MFU: 6 x {n_params / 1e9:.3g}B FLOPs per token over a dense bf16 peak of {peak / 1e12:g} TFLOP/s"
+    print(f"MFU: 6 x {n_params:,} FLOPs per token over a dense bf16 peak of {peak / 1e12:g} TFLOP/s"
           if peak else f"MFU: unknown peak for {name} (pass --peak-tflops)")
     if args.json:
         Path(args.json).write_text(json.dumps({
