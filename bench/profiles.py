@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import random
-import shutil
 import string
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sft.errors import UserError, exit_on_user_error  # light: no torch
+
 # Dense bf16 peak FLOP/s by GPU name (substring match, first wins).
 PEAK_BF16 = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12)]
 # Llama-3.2-1B's shape: big enough to load a GPU, small enough for every profile on one 80 GB GPU.
@@ -40,12 +41,6 @@ DEFAULT_CONFIG = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size"
                   "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
                   "rope_theta": 500000.0, "tie_word_embeddings": True, "rms_norm_eps": 1e-5}
 NEEDED = ["torch", "transformers", "trl", "peft", "accelerate", "datasets", "yaml", "click"]
-
-
-def fail(message: str) -> None:
-    """Bad input: one line, exit code 2, as sft's own commands do."""
-    print(message, file=sys.stderr)
-    sys.exit(2)
 
 
 def peak_flops(name: str) -> float | None:
@@ -70,7 +65,7 @@ def build_model(folder: Path, model_config: str | None, weights: bool, cpu: bool
     else:
         config = build_model_config(len(tokenizer)) if cpu else LlamaConfig(**DEFAULT_CONFIG)
     if config.vocab_size < len(tokenizer):
-        fail(f"--model-config {model_config}: vocab_size {config.vocab_size} is smaller than the bench's "
+        raise UserError(f"--model-config {model_config}: vocab_size {config.vocab_size} is smaller than the bench's "
                  f"character tokenizer ({len(tokenizer)} tokens); use a config with a larger vocab_size")
     config.bos_token_id, config.eos_token_id, config.pad_token_id = (tokenizer.bos_token_id, tokenizer.eos_token_id,
                                                                       tokenizer.pad_token_id)
@@ -123,12 +118,11 @@ def worker(recipe: str, report: str, overrides: list[str]) -> None:
 
 
 def throughput(output_dir: Path, warmup: int) -> float | None:
-    """Tokens/s over all processes after `warmup` steps, from the run's per-step log (metrics.jsonl)."""
-    log = output_dir / "metrics.jsonl"
-    if not log.is_file():
-        return None
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    steps = [r for r in rows if "loss" in r and "num_input_tokens_seen" in r and "time" in r]
+    """Tokens/s over all processes after `warmup` steps, from the run's per-step log (what `sft report` reads)."""
+    from sft.report import read_history
+
+    records, _ = read_history(str(output_dir))
+    steps = [r for r in records if "loss" in r and "num_input_tokens_seen" in r and "time" in r]
     if len(steps) <= warmup + 1:
         return None
     first, last = steps[warmup], steps[-1]
@@ -159,18 +153,18 @@ def main() -> None:
 
     unknown = [p for p in (args.profiles or "").split(",") if p and p not in PROFILES]
     if unknown:
-        fail(f"--profiles: unknown {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
+        raise UserError(f"--profiles: unknown {', '.join(unknown)}; choose from {', '.join(PROFILES)}")
     if args.warmup >= args.steps - 1:
-        fail(f"--warmup {args.warmup}: leave at least two logged steps after it (--steps {args.steps})")
+        raise UserError(f"--warmup {args.warmup}: leave at least two logged steps after it (--steps {args.steps})")
     absent = missing(NEEDED + (["bitsandbytes"] if args.method == "qlora" else []))
     if absent:
-        fail(f"missing Python packages: {', '.join(absent)}; install sft beside the preinstalled torch with "
-                 "`pip install -e .` (offline: `pip install --no-index --find-links WHEELS -e .`)")
+        raise UserError(f"missing Python packages: {', '.join(absent)}; install sft beside the preinstalled torch "
+                        "with `pip install -e .` (offline: `pip install --no-index --find-links WHEELS -e .`)")
 
     if args.keep:
         work = Path(args.keep)
         if work.exists() and any(work.iterdir()):
-            fail(f"--keep {work}: folder is not empty; name a new or empty one")
+            raise UserError(f"--keep {work}: folder is not empty; name a new or empty one")
         work.mkdir(parents=True, exist_ok=True)
         bench(args, work)
     else:
@@ -236,11 +230,8 @@ def run_profile(name: str, profile, gpus: int, recipe_path: Path, work: Path, wa
                 "(pip install --no-build-isolation deepspeed)"}
     out, report = work / f"run-{name}", work / f"report-{name}"
     report.mkdir()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(profile.config_file),
-           "--num_processes", str(gpus)]
-    if profile.deepspeed_config:
-        cmd += ["--deepspeed_config_file", str(ROOT / profile.deepspeed_config)]
-    cmd += [str(Path(__file__).resolve()), "--worker", str(recipe_path), str(report), "--output_dir", str(out)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *profile.accelerate_args(gpus),
+           str(Path(__file__).resolve()), "--worker", str(recipe_path), str(report), "--output_dir", str(out)]
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     result["seconds"] = round(time.time() - started, 1)
@@ -275,4 +266,4 @@ def print_table(results: list[dict], memory_column: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from sft.errors import UserError
+from sft.logs import is_main_process
 
 DIVERGENCE_CAUSES = (
     "this usually means the learning rate is too high (lower it or add warmup), fp16 overflow (use bf16, or a "
@@ -19,12 +20,6 @@ DIVERGENCE_CAUSES = (
 
 class TrainingDiverged(UserError):
     """Loss or gradients became NaN or infinite; the message says where, why it happens, and what was kept."""
-
-
-def is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def perplexity(loss: float) -> float:

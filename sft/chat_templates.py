@@ -65,10 +65,6 @@ def apply_template(tokenizer, recipe) -> list[str]:
     return set_template(tokenizer, recipe.sft.chat_template, recipe.training.chat_template_path, recipe.source)
 
 
-def needs_chat_template(fmt: str, recipe) -> bool:
-    return fmt in ("chat", "sharegpt") or (fmt == "instruction" and recipe.sft.instruction_template == "chat")
-
-
 def check_has_template(tokenizer, source: str) -> None:
     if not tokenizer.chat_template:
         raise UserError(

@@ -80,13 +80,9 @@ def token_lengths(examples: list[dict], tokenizer) -> list[int]:
 
 
 def write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps({k: row[k] for k in columns if k in row and row[k] is not None},
-                                    ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    from sft.evaluation import write_jsonl
+
+    write_jsonl(path, [{k: row[k] for k in columns if row.get(k) is not None} for row in rows])
 
 
 def output_path(out_dir: Path, source: str, inputs: list[str]) -> Path:

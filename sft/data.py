@@ -10,7 +10,6 @@ Each bad row is named by file and line (JSON Lines) or row, with the reason.
 """
 
 import dataclasses
-import difflib
 import json
 import random
 from dataclasses import dataclass, field
@@ -141,10 +140,6 @@ def load_local_file(path: Path):
     return dataset, [f"{path} row {i + 1}" for i in range(len(dataset))]
 
 
-def load_local_parts(files: list[Path]) -> list[tuple]:
-    return [load_local_file(f) for f in files]
-
-
 def concatenated(parts: list[tuple], where):
     """One dataset from several files' (dataset, wheres) parts, their column types unified where they differ."""
     from datasets import concatenate_datasets
@@ -177,7 +172,7 @@ def load_source_parts(name: str, config=None, split="train", data_files=None, da
         if isinstance(listed, list) and all(isinstance(f, str) for f in listed):
             files = [f for entry in listed for f in (local_data_files(entry) or [Path(entry)])]
     if files is not None:
-        return load_local_parts(files)
+        return [load_local_file(f) for f in files]
     try:
         dataset = load_dataset(name, name=config, split=split, data_files=data_files, data_dir=data_dir)
     except FileNotFoundError as err:
@@ -343,8 +338,9 @@ def default_loss_mode(fmt: str) -> str:
 
 
 def _closest(key: str, candidates) -> str:
-    match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else f" (valid keys: {', '.join(candidates)})"
+    from sft.recipe import closest
+
+    return closest(key, candidates, otherwise=f" (valid keys: {', '.join(candidates)})")
 
 
 def check_source_values(source: Source, where: str) -> Source:
@@ -560,8 +556,6 @@ def test_size_value(value, n: int, where: str):
 
 def split_eval(rows, test_size, seed, where):
     """Exact duplicates removed first (so no example is both trained and evaluated on), then a seeded split."""
-    from datasets import Dataset
-
     seen, unique = set(), []
     for row in rows:
         if row[0] not in seen:
@@ -569,17 +563,23 @@ def split_eval(rows, test_size, seed, where):
             unique.append(row)
     duplicates = len(rows) - len(unique)
     size = test_size_value(test_size, len(unique), where)
-    pool = Dataset.from_dict({"example": [r[0] for r in unique], "where": [r[1] for r in unique],
-                              "source": [r[2] for r in unique]})
-    parts = pool.train_test_split(test_size=size, seed=seed, shuffle=True)
+    parts = as_dataset(unique).train_test_split(test_size=size, seed=seed, shuffle=True)
     return parts["train"], parts["test"], duplicates
 
 
 def as_dataset(rows):
+    """(example JSON, where, source index) rows as a dataset."""
     from datasets import Dataset
 
     return Dataset.from_dict({"example": [r[0] for r in rows], "where": [r[1] for r in rows],
                               "source": [r[2] for r in rows]})
+
+
+def decoded(dataset):
+    """A dataset of example JSON strings as one of normalised rows (dicts)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([json.loads(e) for e in dataset["example"]])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -621,9 +621,7 @@ class PreparedData:
         """The eval split as normalised rows (dicts), or None: what generation samples and metrics read."""
         if self.eval_examples is None or len(self.eval_examples) == 0:
             return None
-        from datasets import Dataset
-
-        return Dataset.from_list([json.loads(e) for e in self.eval_examples["example"]])
+        return decoded(self.eval_examples)
 
     def summary(self) -> str:
         s = self.stats
@@ -654,12 +652,12 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     strict: raise the first problem as a UserError (training); otherwise return the problems (sft check).
     limit: only the first `limit` training examples are tokenized, and nothing is cached (sft preview)."""
     from sft.chat_templates import check_has_template
-    from sft.masks import plan_masks, summarise, tokenize_all
+    from sft.masks import FALLBACKS, column, plan_masks, summarise, tokenize_all
 
     notes = []
     loss_mode = resolve_loss_mode(recipe, notes)
-    if recipe.sft.mask_fallback not in ("error", "last_assistant", "split_turns"):
-        raise UserError(f"{recipe.source}: mask_fallback must be error, last_assistant or split_turns")
+    if recipe.sft.mask_fallback not in FALLBACKS:
+        raise UserError(f"{recipe.source}: mask_fallback must be one of {', '.join(FALLBACKS)}")
     sources, test_size, seed, source_notes = recipe_sources(recipe)
     notes += source_notes
     parts = read_sources(sources, recipe)
@@ -673,9 +671,9 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
         train_set, eval_set = as_dataset(rows), None
         if getattr(recipe.training.eval_strategy, "value", recipe.training.eval_strategy) not in ("no", None):
             train_set, eval_set, duplicates = eval_split_from_source(recipe, sources, rows, bad)
+    plan = plan_masks(tokenizer, loss_mode)  # built once: the checks below and both tokenize_all calls use it
     if any(p.chat for p in parts):
         check_has_template(tokenizer, recipe.source)
-        plan = plan_masks(tokenizer, loss_mode)
         if not plan.markers and plan.closer is None and loss_mode != "all":
             raise UserError(f"{recipe.source}: the chat template writes no special token after an assistant turn, so "
                             "the model would never learn to stop; end assistant turns with one (e.g. "
@@ -690,7 +688,7 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
 
     settings = dict(tokenizer=tokenizer, loss_mode=loss_mode, max_length=recipe.training.max_length,
                     truncation_mode=recipe.training.truncation_mode, mask_fallback=recipe.sft.mask_fallback,
-                    use_cache=recipe.sft.data_cache and limit is None)
+                    use_cache=recipe.sft.data_cache and limit is None, plan=plan)
     tokenized = tokenize_all(train_set, source="training data", **settings)
     summary_args = (recipe.sft.skip_bad_rows, recipe.sft.max_dropped_fraction, recipe.training.max_length)
     keep, stats, train_problems = summarise(tokenized, "training data", *summary_args)
@@ -703,7 +701,7 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
         eval_final = eval_tokenized.full.select(eval_keep).select_columns(["input_ids", "labels"])
         stats["eval_examples"] = len(eval_keep)
     full = tokenized.full.select(keep)
-    kept_sources = full.data.column("source").to_pylist() if full._indices is None else full["source"]
+    kept_sources = column(full, "source")
     stats.update({
         "loss_mode": loss_mode or ("/".join(sorted({default_loss_mode(p.format) for p in parts}))),
         "skipped_bad": stats["skipped_bad"] + len(bad),
@@ -735,8 +733,6 @@ def eval_split_from_source(recipe, sources, rows, bad):
 
 def load_recipe_data(recipe):
     """(train, eval or None, info) as datasets of normalised rows (dicts), before tokenizing."""
-    from datasets import Dataset
-
     sources, test_size, seed, _ = recipe_sources(recipe)
     parts = read_sources(sources, recipe)
     bad = [b for part in parts for b in part.bad]
@@ -745,8 +741,7 @@ def load_recipe_data(recipe):
 
         raise UserError(describe_bad_rows(bad))
     rows = mix(parts, seed)
-    decode = lambda ds: Dataset.from_list([json.loads(e) for e in ds["example"]])  # noqa: E731
     if test_size is not None:
         train, evaluation, _ = split_eval(rows, test_size, seed, recipe.source)
-        return decode(train), decode(evaluation), {"format": parts[0].format, "skipped": len(bad)}
-    return decode(as_dataset(rows)), None, {"format": parts[0].format, "skipped": len(bad)}
+        return decoded(train), decoded(evaluation), {"format": parts[0].format, "skipped": len(bad)}
+    return decoded(as_dataset(rows)), None, {"format": parts[0].format, "skipped": len(bad)}

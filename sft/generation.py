@@ -81,16 +81,6 @@ def run_recipe_values(folder: Path) -> dict:
     return {}
 
 
-def torch_dtype(name: str | None):
-    import torch
-
-    if name in (None, "auto"):
-        return None
-    if not isinstance(getattr(torch, name, None), torch.dtype):
-        raise UserError(f"--dtype {name}: not a torch dtype; use float32, bfloat16 or float16")
-    return getattr(torch, name)
-
-
 def load_base(name: str, dtype=None, trust_remote_code: bool = False, vocab_size: int | None = None, **kwargs):
     from transformers import AutoModelForCausalLM
 
@@ -107,6 +97,8 @@ def load_base(name: str, dtype=None, trust_remote_code: bool = False, vocab_size
 def load(path: str, dtype: str | None = None, base: str | None = None) -> Loaded:
     """A model folder, a run's output_dir, or an adapter folder -> model (eval mode), tokenizer, generation config."""
     from transformers import AutoTokenizer, GenerationConfig
+
+    from sft.modeling import torch_dtype
 
     folder = model_folder(path)
     recipe = run_recipe_values(folder)

@@ -257,6 +257,9 @@ def publish_recipe(recipe: str, repo_id: str, with_data: bool = False, path_in_r
     source = Path(recipe)
     if not source.is_file():
         raise UserError(f"{recipe}: recipe file not found")
+    from sft.recipe import load_recipe
+
+    load_recipe(recipe)  # publish only recipes that load: bad keys fail here, before any data is read or sent
     text = source.read_text()
     data = yaml.safe_load(text) or {}
     recipe_dir = source.resolve().parent
@@ -296,13 +299,9 @@ def publish_recipe(recipe: str, repo_id: str, with_data: bool = False, path_in_r
         header = f"# Published by sft from {source.name}; data paths are relative to this file.\n"
         text = header + yaml.safe_dump(clean, sort_keys=False, default_flow_style=None, width=120)
     files[path_in_repo] = text.encode()
-    from sft.recipe import load_recipe
-
-    load_recipe(recipe)  # publish only recipes that load: bad keys fail here, not on someone else's machine
     repo_id, commit = _commit(repo_id, files, f"Publish recipe {path_in_repo} with sft", token, private, revision,
                               repo_type)
-    kind = "" if repo_type == "model" else f"{repo_type}s/"
-    return f"{PREFIX}{kind}{repo_id}/{path_in_repo}@{commit}", notes
+    return str(HubAddress(repo_id, path_in_repo, commit, repo_type)), notes
 
 
 # ---------------------------------------------------------------------------------------------------------------

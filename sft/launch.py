@@ -26,13 +26,9 @@ def detect(num_processes: int | None) -> tuple[bool, int, float]:
 
 
 def accelerate_command(profile: str, processes: int, recipe: str, overrides) -> list[str]:
-    """Absolute paths, so the command works from any directory (the profiles name their DeepSpeed file relative
-    to the repository)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "accelerate_configs" / f"{profile}.yaml"), "--num_processes", str(processes)]
-    if PROFILES[profile].deepspeed_config:
-        cmd += ["--deepspeed_config_file", str(ROOT / PROFILES[profile].deepspeed_config)]
-    return cmd + [str(ROOT / "sft" / "run.py"), recipe, *overrides]
+    """Absolute paths, so the command works from any directory."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *PROFILES[profile].accelerate_args(processes),
+            str(ROOT / "sft" / "run.py"), recipe, *overrides]
 
 
 def choose(recipe, recipe_address: str, profile: str, on_gpu: bool, processes: int, memory_gb: float) -> tuple[str, str]:

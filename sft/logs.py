@@ -6,9 +6,13 @@ import sys
 import warnings
 
 
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def say(message: str) -> None:
     """One line for the user, from the main process only."""
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         print(f"sft: {message}", file=sys.stderr, flush=True)
 
 

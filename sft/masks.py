@@ -151,7 +151,6 @@ def end_of_turn_token(tokenizer, chat_template: str | None = None) -> str | None
     plan = plan_masks(tokenizer, "all", chat_template)
     if plan.template is None:
         return tokenizer.eos_token
-    plan.closer = find_closer(plan)
     return plan.end_token or tokenizer.eos_token
 
 
@@ -497,8 +496,9 @@ class Tokenized:
 
 
 def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation_mode="keep_start",
-                 chat_template=None, mask_fallback="error", source="data", use_cache=True) -> Tokenized:
-    """Render, tokenize and mask every example; rows that fail keep their error. Cached on disk when use_cache."""
+                 chat_template=None, mask_fallback="error", source="data", use_cache=True, plan=None) -> Tokenized:
+    """Render, tokenize and mask every example; rows that fail keep their error. Cached on disk when use_cache.
+    `plan`: the MaskPlan of this tokenizer and loss mode, when the caller has built it already."""
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"{type(tokenizer).__name__}: sft needs a fast tokenizer (tokenizer.json) to locate the "
                         "trained tokens")
@@ -506,7 +506,7 @@ def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation
         raise UserError(f"mask_fallback must be one of {', '.join(FALLBACKS)}; got {mask_fallback!r}")
     if truncation_mode not in ("keep_start", "keep_end"):
         raise UserError(f"truncation_mode must be keep_start or keep_end; got {truncation_mode!r}")
-    plan = plan_masks(tokenizer, loss_mode, chat_template)
+    plan = plan or plan_masks(tokenizer, loss_mode, chat_template)
     kwargs = dict(tokenizer=tokenizer, plan=plan, loss_mode=loss_mode, max_length=max_length,
                   truncation_mode=truncation_mode, fallback=mask_fallback, source=source)
     map_args = dict(batched=True, batch_size=512, with_indices=True, remove_columns=dataset.column_names,

@@ -34,7 +34,9 @@ def torch_dtype(name: str | None):
     import torch
 
     if name in (None, "auto"):
-        return "auto"
+        return None
+    if not isinstance(getattr(torch, name, None), torch.dtype):
+        raise UserError(f"--dtype {name}: not a torch dtype; use float32, bfloat16 or float16")
     return getattr(torch, name)
 
 
@@ -44,7 +46,9 @@ def quantization_config(recipe):
 
     model_args = recipe.model
     if model_args.load_in_4bit:
-        compute = "bfloat16" if recipe.training.bf16 else "float16" if recipe.training.fp16 else "float32"
+        from sft.profiles import compute_dtype
+
+        compute = compute_dtype(recipe.training)
         storage = model_args.bnb_4bit_quant_storage or compute
         return BitsAndBytesConfig(
             load_in_4bit=True,
@@ -76,7 +80,7 @@ def load_model(recipe, tokenizer, added_tokens: list[str]):
         revision=model_args.model_revision,
         trust_remote_code=recipe.training.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
-        dtype=torch_dtype(model_args.dtype),
+        dtype=torch_dtype(model_args.dtype) or "auto",
         use_safetensors=True if not recipe.training.trust_remote_code else None,
     )
     quant = quantization_config(recipe)

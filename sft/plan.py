@@ -292,12 +292,10 @@ def launch_command(profile: str, recipe_address: str, processes: int, nodes: int
     import shlex
 
     here = Path.cwd().resolve() == ROOT
-    config = f"accelerate_configs/{profile}.yaml" if here else str(ROOT / "accelerate_configs" / f"{profile}.yaml")
+    options = (["--config_file", f"accelerate_configs/{profile}.yaml", "--num_processes", str(processes)] if here
+               else PROFILES[profile].accelerate_args(processes))
     run = "sft/run.py" if here else str(ROOT / "sft" / "run.py")
-    parts = ["accelerate", "launch", "--config_file", config, "--num_processes", str(processes)]
-    ds = PROFILES[profile].deepspeed_config
-    if ds and not here:  # the profile names its DeepSpeed file relative to the repository
-        parts += ["--deepspeed_config_file", str(ROOT / ds)]
+    parts = ["accelerate", "launch", *options]
     if nodes > 1:
         parts += ["--num_machines", str(nodes), "--machine_rank", "NODE_RANK", "--main_process_ip", "NODE0_ADDRESS",
                   "--main_process_port", "29500"]

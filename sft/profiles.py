@@ -27,6 +27,12 @@ class Profile:
     def config_file(self) -> Path:
         return ACCELERATE_CONFIGS / f"{self.name}.yaml"
 
+    def accelerate_args(self, processes: int) -> list[str]:
+        """`accelerate launch` options for this profile, with absolute paths so they work from any directory (the
+        profile names its DeepSpeed file relative to the repository)."""
+        args = ["--config_file", str(self.config_file), "--num_processes", str(processes)]
+        return args + (["--deepspeed_config_file", str(ROOT / self.deepspeed_config)] if self.deepspeed_config else [])
+
 
 # Cheapest first: less communication and no CPU traffic run faster, so the planner recommends the first that fits.
 PROFILES = {

@@ -250,9 +250,10 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> dict[str, Any]:
 # Checking keys and types
 
 
-def _closest(key: str, candidates) -> str:
+def closest(key: str, candidates, otherwise: str = "; see `sft train --help` for where keys come from") -> str:
+    """'; did you mean X?' for a mistyped key, else `otherwise`."""
     match = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else "; see `sft train --help` for where keys come from"
+    return f"; did you mean '{match[0]}'?" if match else otherwise
 
 
 def _type_name(tp) -> str:
@@ -368,7 +369,7 @@ def check_keys(values: dict, where: typing.Callable[[str], str], notes: list, op
             notes.append(f"{where(key)}: packing_strategy 'ffd' is now 'bfd'; using bfd")
             value = "bfd"
         if key not in table:
-            raise UserError(f"{where(key)}: unknown key {shown}{_closest(key, table)}")
+            raise UserError(f"{where(key)}: unknown key {shown}{closest(key, table)}")
         section, f, tp = table[key][0]
         try:
             value = coerce(value, tp)

@@ -58,7 +58,9 @@ class SlurmJob:
 
 
 def profiles_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "accelerate_configs"
+    from sft.profiles import ACCELERATE_CONFIGS
+
+    return ACCELERATE_CONFIGS
 
 
 def profile_path(profile: str) -> Path:
@@ -97,7 +99,7 @@ def check_job(job: SlurmJob) -> None:
         check_literal(f"--{option.replace('_', '-')}", getattr(job, option))
     for line in job.sbatch_lines:
         check_literal("--sbatch", line)
-    if job.profile and job.profile != "auto" and Path(profile_path(job.profile)).stem == "single_gpu" \
+    if job.profile and job.profile != "auto" and profile_path(job.profile).stem == "single_gpu" \
             and job.world_size > 1:
         raise UserError(f"--profile single_gpu runs one process but the job asks for {job.world_size} "
                         f"({job.nodes} node(s) x {job.per_node}); use multi_gpu or a zero* profile, or ask for "
@@ -262,13 +264,11 @@ def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, mode
         return None if profile in (None, "auto") else profile
     if profile is None:
         profile = "auto" if gpu_memory is not None else ("multi_gpu" if job.world_size > 1 else "single_gpu")
-    try:
-        from sft import plan, profiles
-    except ImportError:  # the planner ships with the launch profiles
-        plan = profiles = None
+    from sft import plan, profiles
+
     where = f"{job.nodes} node(s) x {job.gpus_per_node} GPU(s)"
     if profile == "auto":
-        if plan is None or gpu_memory is None:
+        if gpu_memory is None:
             raise UserError("--profile auto needs --gpu-memory GB (the planner picks the cheapest profile that "
                             "fits); or name one with --profile NAME")
         report = plan.make_plan(recipe, job.gpus_per_node, gpu_memory, nodes=job.nodes, model_config=model_config,
@@ -276,8 +276,8 @@ def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, mode
         if report["recommended"] is None:
             raise UserError(f"{job.recipe} on {where} of {gpu_memory:g} GB: {plan.recommendation_advice(report)}")
         return report["recommended"]
-    name = Path(profile_path(profile)).stem
-    if profiles is not None and name in profiles.PROFILES:
+    name = profile_path(profile).stem
+    if name in profiles.PROFILES:
         why = profiles.applicable(profiles.PROFILES[name], recipe.sft.method, bool(recipe.model.load_in_8bit),
                                   job.world_size)
         if why:

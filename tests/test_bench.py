@@ -82,10 +82,12 @@ def test_bad_arguments_get_one_line(tiny_model, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep-me").write_text("user data")
     proc = bench("--cpu", "--model-config", tiny_model / "config.json", "--keep", tmp_path / "full")
-    assert proc.returncode == 2 and proc.stderr.strip() == f"--keep {tmp_path / 'full'}: folder is not empty; " \
-                                                          "name a new or empty one"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --keep {tmp_path / 'full'}: folder is not empty; name a new or empty one"
     assert (tmp_path / "full" / "keep-me").read_text() == "user data"
     proc = bench("--cpu", "--steps", 5, "--warmup", 4)
-    assert proc.returncode == 2 and proc.stderr.strip() == "--warmup 4: leave at least two logged steps after it (--steps 5)"
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --warmup 4: leave at least two logged steps after it (--steps 5)"
     proc = bench("--profiles", "zero2,zero4")
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("--profiles: unknown zero4; choose from single_gpu")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: --profiles: unknown zero4; choose from single_gpu")

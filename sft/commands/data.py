@@ -119,13 +119,13 @@ def dedupe(files, tokenizer_name, recipe, output, threshold, keep_empty, min_tok
 @click.option("--seed", default=0, show_default=True)
 def split(files, output, ratios, seed):
     """Deterministic splits: exact duplicates removed, a seeded shuffle, cut by --ratios."""
-    from sft.curation import parse_ratios
+    from sft.curation import SPLIT_NAMES, parse_ratios
     from sft.curation import split as run
     from sft.generation import quiet
 
     quiet()
     out_dir = output_folder(output, files, "split")
     report = run(list(files), out_dir, parse_ratios(ratios), seed)
-    parts = ", ".join(f"{name} {report[name]['rows']}" for name in ("train", "validation", "test") if name in report)
+    parts = ", ".join(f"{name} {report[name]['rows']}" for name in SPLIT_NAMES if name in report)
     click.echo(f"sft: {report['rows']} rows ({report['exact_duplicates_removed']} exact duplicates removed): {parts} "
                f"-> {out_dir}")

@@ -69,9 +69,11 @@ def read_prompts(file, loaded):
 
     raw = load_source(str(path))
     columns = set(raw.column_names)
+    prompts_only = columns >= {"prompt"} and not columns & {"completion", "response"}  # no answers
+    fmt = None if prompts_only or len(raw) == 0 else detect_format(raw.column_names, source=file)
     shown, texts = [], []
     for index, row in enumerate(raw):
-        if columns == {"prompt"} or (columns >= {"prompt"} and not columns & {"completion", "response"}):
+        if prompts_only:
             prompt = row["prompt"]  # prompts only, no answers: render as a user message
             if not prompt:
                 raise UserError(f"{file}: row {index + 1}: 'prompt' is missing or empty")
@@ -79,7 +81,7 @@ def read_prompts(file, loaded):
             texts.append(render_prompt(loaded.tokenizer, prompt, loaded.instruction_template))
             continue
         try:
-            example = normalise(row, detect_format(raw.column_names, source=file), loaded.instruction_template)
+            example = normalise(row, fmt, loaded.instruction_template)
         except ValueError as err:
             raise UserError(f"{file}: row {index + 1}: {err}") from None
         prompt, _ = prompt_and_reference(example)
