@@ -29,7 +29,9 @@ def words(text: str) -> list[str]:
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
 
-def exact_match(prediction: str, reference: str) -> float:
+def exact_match(prediction: str, reference: str, case_sensitive: bool = False) -> float:
+    if case_sensitive:  # only surrounding and repeated whitespace do not count
+        return float(prediction.split() == reference.split())
     return float(normalise_answer(prediction) == normalise_answer(reference))
 
 
@@ -159,7 +161,7 @@ def perplexity(model, tokenizer, rows: list[dict], loss_mode: str | None = None,
 
 
 def generation_scores(loaded, rows: list[dict], expected: list, metrics: list[str], max_new_tokens: int,
-                      batch_size: int) -> tuple[dict, list[dict]]:
+                      batch_size: int, case_sensitive: bool = False) -> tuple[dict, list[dict]]:
     """(corpus metrics, one record per row with prompt, reference, prediction and its scores)."""
     from sft.generation import generate, prompt_and_reference, prompt_text
 
@@ -171,7 +173,7 @@ def generation_scores(loaded, rows: list[dict], expected: list, metrics: list[st
     for (prompt, reference), text, prediction, wanted in zip(pairs, texts, predictions, expected):
         record = {"prompt": prompt, "reference": reference, "prediction": prediction}
         if "exact_match" in metrics:
-            record["exact_match"] = exact_match(prediction, reference)
+            record["exact_match"] = exact_match(prediction, reference, case_sensitive)
         if "contains" in metrics:
             record["contains"] = contains(prediction, wanted if wanted else reference)
         if "rouge_l" in metrics:

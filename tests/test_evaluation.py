@@ -15,6 +15,8 @@ from tests.conftest import REPO, run_cli
 
 def test_text_metrics_known_values():
     assert exact_match("  Paris\n", "paris") == 1.0 and exact_match("Paris.", "Paris") == 0.0
+    assert exact_match(" PLANET\n", "PLANET", case_sensitive=True) == 1.0
+    assert exact_match("Planet", "PLANET", case_sensitive=True) == 0.0
     assert contains("The capital is PARIS.", "Paris") == 1.0
     assert contains("Paris and Rome", ["paris", "berlin"]) == 0.0
     # LCS of "the cat on the mat" in "the cat sat on the mat" is 5: P = 5/5, R = 5/6, F1 = 10/11.

@@ -1,10 +1,11 @@
-"""The quickstart really teaches: held-out prompts answered exactly, and the model stops by itself."""
+"""The quickstart really teaches: held-out words answered exactly (case included), by the README's own commands.
+
+Robustness over seeds and transformers releases is measured by `python bench/quickstart.py` (seeds 0-4), not
+here: this test runs the README's quickstart once per recipe, as a user would, and holds it to the same bar."""
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from tests.conftest import REPO, run_cli
 
@@ -12,52 +13,18 @@ RECIPES = REPO / "recipes"
 
 
 @pytest.fixture(scope="module")
-def quickstart_model(tmp_path_factory) -> Path:
+def quickstart_model(tmp_path_factory):
     """The model the README's quickstart builds (same command)."""
     path = tmp_path_factory.mktemp("quickstart") / "tiny-model"
     run_cli("tiny-model", path, "--hidden-size", "128", "--layers", "4", check=True)
     return path
 
 
-def greedy_answers(model_dir: Path, conversations: list[list[dict]]) -> list[tuple[str, bool]]:
-    """(answer, stopped) per conversation, generated with the saved chat template and generation config."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        output = model.generate(**batch, max_new_tokens=40, do_sample=False)
-    stops = model.generation_config.eos_token_id
-    stops = stops if isinstance(stops, list) else [stops]
-    answers = []
-    for ids in output[:, batch["input_ids"].shape[1]:].tolist():
-        stopped = any(token in stops for token in ids)
-        answers.append((tokenizer.decode(ids, skip_special_tokens=True), stopped))
-    return answers
-
-
-def exact_match(answers, references) -> float:
-    return sum(stopped and answer == ref for (answer, stopped), ref in zip(answers, references)) / len(references)
-
-
-def instruction_heldout():
-    rows = [json.loads(line) for line in (RECIPES / "data/uppercase_heldout.jsonl").read_text().splitlines()]
-    return [[{"role": "user", "content": r["instruction"]}] for r in rows], [r["output"] for r in rows]
-
-
-def chat_heldout():
-    rows = [json.loads(line)["messages"] for line in
-            (RECIPES / "data/uppercase_chat_heldout.jsonl").read_text().splitlines()]
-    return [messages[:-1] for messages in rows], [messages[-1]["content"] for messages in rows]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe, data_line, heldout",
-    [("quickstart.yaml", "(instruction, loss on completion)", instruction_heldout),
-     ("quickstart_chat.yaml", "(chat, loss on assistant)", chat_heldout)],
+    [("quickstart.yaml", "(instruction, loss on completion)", "uppercase_heldout.jsonl"),
+     ("quickstart_chat.yaml", "(chat, loss on assistant)", "uppercase_chat_heldout.jsonl")],
     ids=["instruction-completion", "chat-assistant"],
 )
 def test_quickstart_learns_and_stops(quickstart_model, tmp_path, recipe, data_line, heldout):
@@ -65,5 +32,12 @@ def test_quickstart_learns_and_stops(quickstart_model, tmp_path, recipe, data_li
     proc = run_cli("train", RECIPES / recipe, "--model_name_or_path", quickstart_model, "--output_dir", out,
                    check=True)
     assert data_line in proc.stderr
-    conversations, references = heldout()
-    assert exact_match(greedy_answers(out, conversations), references) >= 0.8
+    # The README's last quickstart command. Greedy answers must equal the reference exactly, case included; an
+    # answer that does not stop runs on past the word and cannot match.
+    proc = run_cli("eval", out, "--data", RECIPES / "data" / heldout, "--metrics", "exact_match",
+                   "--case-sensitive", "--max-new-tokens", "40", "--json", check=True)
+    result = json.loads(proc.stdout)
+    assert result["rows"] == 100
+    predictions = [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
+    wrong = [(p["reference"], p["prediction"]) for p in predictions if not p["exact_match"]]
+    assert result["exact_match"] >= 0.95, f"held-out exact match {result['exact_match']:.2f}; wrong: {wrong[:10]}"

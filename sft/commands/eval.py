@@ -24,9 +24,11 @@ from sft.evaluation import METRICS as METRIC_NAMES  # standard library only: --h
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N rows.")
 @click.option("-o", "--output", default=None,
               help="Predictions file (JSONL). Default: MODEL_OR_RUN/eval/predictions.jsonl.")
+@click.option("--case-sensitive", is_flag=True,
+              help="exact_match counts case too (only surrounding and repeated whitespace are ignored).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def command(model_or_run, data_file, recipe, metrics, tasks, include_path, base, dtype, max_new_tokens, batch_size,
-            limit, output, as_json):
+            limit, output, case_sensitive, as_json):
     """Evaluate a model, a run's output_dir or a LoRA adapter (applied to its base, not merged) on held-out data.
 
     Perplexity is computed on the tokens the run trains (rendered and masked as in training). Generation
@@ -101,7 +103,8 @@ def command(model_or_run, data_file, recipe, metrics, tasks, include_path, base,
             result.update(perplexity(loaded.model, loaded.tokenizer, rows, run_values.get("loss_mode"),
                                      run_values.get("max_length"), batch_size))
         if any(m in GENERATION_METRICS for m in wanted):
-            scores, records = generation_scores(loaded, rows, expected, wanted, max_new_tokens, batch_size)
+            scores, records = generation_scores(loaded, rows, expected, wanted, max_new_tokens, batch_size,
+                                                case_sensitive)
             result.update(scores)
             target = Path(output) if output else loaded.path / "eval" / "predictions.jsonl"
             write_jsonl(target, records)
