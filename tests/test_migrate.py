@@ -333,7 +333,8 @@ def test_llamafactory_qlora_with_dataset_info_migrates_and_trains(tiny_model, tm
     check_and_train(tmp_path, tmp_path / "llamafactory-run")
 
 
-def test_llamafactory_full_and_freeze_without_dataset_info(tmp_path):
+def test_llamafactory_freeze_without_dataset_info_and_other_stages(tmp_path):
+    from sft.errors import UserError
     from sft.migrate.convert import migrate as migrate_config, missing_keys
 
     config = tmp_path / "freeze.yaml"
@@ -352,6 +353,11 @@ def test_llamafactory_full_and_freeze_without_dataset_info(tmp_path):
                    "dataset_name (a data file or Hub dataset) in the recipe",
         "some_new_option": "no sft equivalent (LLaMA-Factory's own key)"}
     assert missing_keys(migration.recipe) == ["dataset_name (a data file or Hub dataset)"]
+    config.write_text("model_name_or_path: some/model\nstage: dpo\nfinetuning_type: lora\n")
+    with pytest.raises(UserError) as refused:
+        migrate_config(str(config))
+    assert str(refused.value) == (f"{config}: stage 'dpo' is not supervised fine-tuning; sft migrates stage: sft "
+                                  "configs only")
 
 
 def test_a_mapped_value_sft_would_reject_is_reported_not_written(tmp_path):
