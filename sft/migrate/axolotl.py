@@ -57,8 +57,6 @@ UNSUPPORTED = {
     "push_dataset_to_hub": "not supported: sft pushes models (push_to_hub), not prepared data",
 }
 
-# axolotl's `chat_template` names that are sft built-ins of the same format; tokenizer_default is the model's own.
-CHAT_TEMPLATES = ("chatml", "llama3", "mistral", "gemma", "zephyr", "alpaca")
 # Dataset `type` -> sft format.
 DATASET_TYPES = {"alpaca": "instruction", "chat_template": "chat", "sharegpt": "sharegpt", "completion": "text"}
 
@@ -190,6 +188,10 @@ def datasets(data: dict, migration) -> None:
 
 
 def chat_template(data: dict, migration) -> None:
+    """axolotl's template names that sft has built in (same name, same format) map; tokenizer_default is the
+    model's own."""
+    from sft.chat_templates import BUILTIN_TEMPLATES
+
     if data.get("chat_template_jinja"):
         migration.set("chat_template_jinja", {"chat_template": data["chat_template_jinja"]})
     name = data.get("chat_template")
@@ -197,10 +199,10 @@ def chat_template(data: dict, migration) -> None:
         return
     if name == "tokenizer_default":
         migration.note("chat_template", "the model's own template (sft's default)")
-    elif name in CHAT_TEMPLATES:
+    elif name in BUILTIN_TEMPLATES:
         migration.set("chat_template", {"chat_template": name}, "sft's built-in of the same name")
     else:
-        migration.skip("chat_template", f"{name!r} is not an sft built-in ({', '.join(CHAT_TEMPLATES)}); sft uses the "
+        migration.skip("chat_template", f"{name!r} is not an sft built-in ({', '.join(BUILTIN_TEMPLATES)}); sft uses the "
                                         "model's own template, or set chat_template to a .jinja file")
 
 

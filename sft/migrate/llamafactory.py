@@ -212,9 +212,9 @@ def datasets(data: dict, migration) -> None:
 
 
 def template(name: str, migration) -> None:
-    from sft.migrate.axolotl import CHAT_TEMPLATES
+    from sft.chat_templates import BUILTIN_TEMPLATES
 
-    if name in CHAT_TEMPLATES:
+    if name in BUILTIN_TEMPLATES:
         migration.set("template", {"chat_template": name}, "sft's built-in of the same name")
     elif name in ("empty", "default"):
         migration.skip("template", f"{name}: sft trains with a chat template (the model's own or chat_template)")
