@@ -61,14 +61,20 @@ class MetricsFile(TrainerCallback):
 
 
 def trackers_last(trainer) -> None:
-    """Move the trackers' callbacks (report_to) after the ones the Trainer was given. The Trainer puts them first,
-    so they would log each line before MetricsFile adds eval_perplexity to it. Only public Trainer methods."""
+    """Move the trackers' callbacks (report_to) after the ones the Trainer was given, and hand them to the samples
+    callback. The Trainer puts them first, so they would log each line before MetricsFile adds eval_perplexity to
+    it; after ours, a tracker also closes its run only once the last samples are in. Only public Trainer methods."""
     from transformers.integrations import get_reporting_integration_callbacks
 
+    trackers = []
     for tracker in get_reporting_integration_callbacks(trainer.args.report_to):
         callback = trainer.pop_callback(tracker)
         if callback is not None:
             trainer.add_callback(callback)
+            trackers.append(callback)
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, GenerationSamples):
+            callback.trackers = trackers
 
 
 class DivergenceGuard(TrainerCallback):
@@ -107,14 +113,14 @@ class DivergenceGuard(TrainerCallback):
 
 class GenerationSamples(TrainerCallback):
     """Every K steps, answer a fixed list of prompts with the training template; write the answers to
-    output_dir/samples.jsonl and to the trackers report_to names."""
+    output_dir/samples.jsonl and to the trackers report_to names (their callbacks, given by trackers_last)."""
 
     def __init__(self, prompts: list[str], texts: list[str], every: int, max_new_tokens: int, output_dir,
-                 report_to: list[str], generation_config=None):
+                 generation_config=None):
         self.prompts, self.texts, self.every, self.max_new_tokens = prompts, texts, every, max_new_tokens
         self.generation_config = generation_config
         self.path = Path(output_dir) / "samples.jsonl"
-        self.report_to = report_to
+        self.trackers = []  # transformers' tracker callbacks of this run
         self.done_step = None
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -144,32 +150,32 @@ class GenerationSamples(TrainerCallback):
         with self.path.open("a") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        log_samples_to_trackers(rows, step, self.report_to, self.path.parent)
+        log_samples_to_trackers(rows, step, self.trackers)
 
 
-def log_samples_to_trackers(rows: list[dict], step: int, report_to: list[str], output_dir) -> None:
-    """Samples as text in each tracker that report_to names and that is running."""
-    text = "\n\n".join(f"**{r['prompt']}**\n\n{r['completion']}" for r in rows)
-    if "tensorboard" in report_to:
-        import os
+def log_samples_to_trackers(rows: list[dict], step: int, trackers: list) -> None:
+    """Samples into the same run as the metrics, on the same axis: the training step. wandb and trackio count their
+    own step, one per log call, and transformers logs the training step beside each line as train/global_step
+    (wandb's charts use it as their x axis); samples are logged the same way. Giving them step= instead would put
+    them on the other axis, and wandb drops any step lower than its counter."""
+    from transformers.integrations import TensorBoardCallback, TrackioCallback, WandbCallback
 
-        from torch.utils.tensorboard import SummaryWriter
+    columns = ["step", "prompt", "completion"]
+    table_rows = [[r["step"], r["prompt"], r["completion"]] for r in rows]
+    for tracker in trackers:
+        if isinstance(tracker, TensorBoardCallback) and tracker.tb_writer is not None:
+            text = "\n\n".join(f"**{r['prompt']}**\n\n{r['completion']}" for r in rows)
+            tracker.tb_writer.add_text("samples", text, step)  # the writer of the metrics' run
+            tracker.tb_writer.flush()
+        elif isinstance(tracker, WandbCallback):
+            import wandb
 
-        # The folder transformers' TensorBoardCallback uses, or one under output_dir (tensorboard finds both).
-        log_dir = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(output_dir, "runs", "samples")
-        with SummaryWriter(log_dir=log_dir) as writer:
-            writer.add_text("samples", text, step)
-    if "wandb" in report_to:
-        import wandb
+            if wandb.run is not None:
+                wandb.run.log({"samples": wandb.Table(columns=columns, data=table_rows), "train/global_step": step})
+        elif isinstance(tracker, TrackioCallback):
+            import trackio
 
-        if wandb.run is not None:
-            table = wandb.Table(columns=["step", "prompt", "completion"],
-                                data=[[r["step"], r["prompt"], r["completion"]] for r in rows])
-            wandb.run.log({"samples": table}, step=step)
-    if "trackio" in report_to:
-        import trackio
-
-        trackio.log({"samples": text}, step=step)
+            trackio.log({"samples": trackio.Table(columns=columns, data=table_rows), "train/global_step": step})
 
 
 def sample_prompts(recipe, tokenizer, eval_rows) -> tuple[list[str], list[str]]:
@@ -224,9 +230,6 @@ def training_callbacks(recipe, tokenizer, eval_rows=None) -> list:
         stop = end_of_turn_token(tokenizer)  # stop where the trained turn ends, as the saved model will
         stop_config = GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids(stop)] if stop else None,
                                        pad_token_id=tokenizer.pad_token_id)
-        report_to = recipe.training.report_to or []
         callbacks.append(GenerationSamples(prompts, texts, recipe.sft.sample_every_n_steps,
-                                           recipe.sft.sample_max_new_tokens, output_dir,
-                                           [report_to] if isinstance(report_to, str) else list(report_to),
-                                           stop_config))
+                                           recipe.sft.sample_max_new_tokens, output_dir, stop_config))
     return callbacks

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from sft.errors import UserError
+from sft.migrate import refuse_foreign_config
 
 METHODS = ("full", "lora", "qlora", "freeze")
 LOSS_MODES = ("completion", "assistant", "last_assistant", "all")
@@ -405,6 +406,7 @@ def load_recipe(address: str, overrides: list[str] | tuple[str, ...] = (), adapt
     """Read, check and build a recipe. Nothing is loaded or written besides the recipe file itself."""
     recipe_file = locate(address)
     data, lines = read_yaml_with_lines(recipe_file)
+    refuse_foreign_config(data, recipe_file.display)  # an axolotl or LLaMA-Factory file: point to `sft migrate`
     notes: list[str] = []
     values = check_keys(data, lambda k: f"{recipe_file.display}:{lines.get(k, 1)}", notes)
     values.update(check_keys(parse_overrides(overrides), lambda k: "command line", notes, option_style=True))

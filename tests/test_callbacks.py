@@ -123,13 +123,10 @@ def test_eval_perplexity_early_stopping_and_best_model(tiny_model, tmp_path):
 def test_samples_and_metrics_reach_the_tracker(lora_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    samples = EventAccumulator(str(lora_run / "runs" / "samples"))
-    samples.Reload()
-    texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in samples.Tensors("samples/text_summary")]
+    [run_dir] = list((lora_run / "runs").iterdir())  # samples in the run of transformers' TensorBoardCallback
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in events.Tensors("samples/text_summary")]
     assert [step for step, _ in texts] == [3, 6]
     assert all(all(f"**{p}**" in text for p in SAMPLE_PROMPTS) for _, text in texts)
-    # transformers' own TensorBoardCallback wrote the scalars beside them.
-    [scalars_dir] = [p for p in (lora_run / "runs").iterdir() if p.name != "samples"]
-    scalars = EventAccumulator(str(scalars_dir))
-    scalars.Reload()
-    assert [e.step for e in scalars.Scalars("train/loss")] == [2, 4, 6]
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6]
