@@ -24,6 +24,11 @@ def builtin_template(name: str) -> str:
     return resources.files("sft").joinpath(f"templates/{name}.jinja").read_text()
 
 
+def is_inline_jinja(value: str) -> bool:
+    """Jinja text rather than a template name or a file path (alignment-handbook recipes carry templates inline)."""
+    return "{%" in value or "{{" in value or "{#" in value or "\n" in value
+
+
 def resolve_template(value: str | None, path: str | None, source: str) -> tuple[str | None, list[str]]:
     """(Jinja text or None for the tokenizer's own, special tokens to add) from the recipe's settings."""
     if path:
@@ -32,7 +37,7 @@ def resolve_template(value: str | None, path: str | None, source: str) -> tuple[
         return None, []
     if value in BUILTIN_TEMPLATES:
         return builtin_template(value), BUILTIN_TEMPLATES[value]
-    if "{%" in value or "{{" in value:
+    if is_inline_jinja(value):
         return value, []
     if value.endswith(".jinja") or Path(value).is_file():
         if not Path(value).is_file():

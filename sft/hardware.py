@@ -50,3 +50,8 @@ def adapt_training_values(values: dict) -> list[str]:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def under_launcher() -> bool:
+    """This process was started by accelerate launch (sft launch, sft slurm) or torchrun: it must not launch again."""
+    return any(name in os.environ for name in ("ACCELERATE_DYNAMO_BACKEND", "WORLD_SIZE", "SFT_LAUNCHED"))

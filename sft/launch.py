@@ -25,19 +25,20 @@ def detect(num_processes: int | None) -> tuple[bool, int, float]:
     return False, processes, ram / processes
 
 
-def accelerate_command(profile: str, processes: int, recipe: str, overrides) -> list[str]:
+def accelerate_command(profile: str, processes: int, recipe: str | None, overrides) -> list[str]:
     """Absolute paths, so the command works from any directory."""
     return [sys.executable, "-m", "accelerate.commands.launch", *PROFILES[profile].accelerate_args(processes),
-            str(ROOT / "sft" / "run.py"), recipe, *overrides]
+            str(ROOT / "sft" / "run.py"), *([recipe] if recipe else []), *overrides]
 
 
-def choose(recipe, recipe_address: str, profile: str, on_gpu: bool, processes: int, memory_gb: float) -> tuple[str, str]:
-    """(profile name, why)."""
+def choose(recipe, recipe_address: str, profile: str, on_gpu: bool, processes: int, memory_gb: float,
+           asked_by: str = "--profile") -> tuple[str, str]:
+    """(profile name, why). `asked_by` names where a profile was asked for (the option or the recipe's key)."""
     if profile != "auto":
         chosen = profile_named(profile)
         reason = applicable(chosen, recipe.sft.method, bool(recipe.model.load_in_8bit), processes)
         if reason:
-            raise UserError(f"--profile {profile}: {reason}; run `sft plan {recipe_address}` to see which fit")
+            raise UserError(f"{asked_by} {profile}: {reason}; run `sft plan {recipe_address}` to see which fit")
         return chosen.name, "as asked"
     from sft.plan import make_plan, recommendation_advice
 
@@ -50,14 +51,17 @@ def choose(recipe, recipe_address: str, profile: str, on_gpu: bool, processes: i
                                  f"per {unit}")
 
 
-def launch(recipe_address: str, overrides=(), profile: str = "auto", num_processes: int | None = None,
+def launch(recipe_address: str | None, overrides=(), profile: str | None = None, num_processes: int | None = None,
            dry_run: bool = False) -> int:
+    """Options given here win over the recipe's `accelerate_config` and `num_processes` keys (TRL's CLI keys)."""
     from sft.logs import say
     from sft.recipe import load_recipe
 
     recipe = load_recipe(recipe_address, overrides)
-    on_gpu, processes, memory_gb = detect(num_processes)
-    name, why = choose(recipe, recipe_address, profile, on_gpu, processes, memory_gb)
+    asked_by = "--profile" if profile else "accelerate_config"
+    profile = profile or recipe.sft.accelerate_config or "auto"
+    on_gpu, processes, memory_gb = detect(num_processes or recipe.sft.num_processes)
+    name, why = choose(recipe, recipe_address or "...", profile, on_gpu, processes, memory_gb, asked_by)
     # The run repeats these checks and fixes in every process; here they refuse before anything starts.
     check_combination(recipe, PROFILES[name].zero_stage, processes, on_gpu)
     cmd = accelerate_command(name, processes, recipe_address, overrides)
@@ -65,4 +69,4 @@ def launch(recipe_address: str, overrides=(), profile: str = "auto", num_process
     say("accelerate launch " + shlex.join(cmd[3:]))
     if dry_run:
         return 0
-    return subprocess.run(cmd, check=False).returncode
+    return subprocess.run(cmd, check=False, env={**os.environ, "SFT_LAUNCHED": "1"}).returncode

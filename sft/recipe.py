@@ -18,8 +18,11 @@ from typing import Any
 
 import yaml
 
+from sft.chat_templates import is_inline_jinja
 from sft.errors import UserError
 from sft.migrate import refuse_foreign_config
+from sft.profiles import PROFILES
+from sft.recipe_args import as_written_for_text_fields, plain_scalar_texts, typed_overrides
 
 METHODS = ("full", "lora", "qlora", "freeze")
 LOSS_MODES = ("completion", "assistant", "last_assistant", "all")
@@ -111,6 +114,15 @@ class SftArguments:
     )
     sample_count: int = field(default=3, metadata={"help": "Eval examples to sample from when no sample_prompts."})
     sample_max_new_tokens: int = field(default=64, metadata={"help": "Longest generation sample, in tokens."})
+    accelerate_config: str | None = field(
+        default=None, metadata={"help": "TRL's CLI key: `sft train` runs under `sft launch` with this profile of "
+                                        "accelerate_configs/ (auto: the planner's choice).",
+                                "choices": ["auto", *PROFILES]}
+    )
+    num_processes: int | None = field(
+        default=None, metadata={"help": "TRL's CLI key: processes to start; over 1, `sft train` runs under "
+                                        "`sft launch` (default profile: auto)."}
+    )
     provenance: dict | None = field(
         default=None, metadata={"help": "Written by sft into output_dir/recipe.yaml; ignored when read."}
     )
@@ -179,7 +191,7 @@ def known_fields() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
 class RecipeFile:
     """Where a recipe's text came from. A Hub address resolves to a downloaded local file (see sft/hub.py)."""
 
-    path: Path  # local file to read
+    path: Path | None  # local file to read; None for a recipe given on the command line alone
     display: str  # what the user typed, for messages
     base_dir: Path  # relative data paths resolve here
 
@@ -220,33 +232,6 @@ def read_yaml_with_lines(recipe_file: RecipeFile) -> tuple[dict, dict[str, int]]
     return data, lines
 
 
-def parse_overrides(args: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """`--learning_rate 1e-4 --packing --max_steps=10` -> {"learning_rate": "1e-4"->parsed, ...}.
-
-    Values are read as YAML scalars/lists (so `true`, `10`, `[q_proj, v_proj]` mean what they do in a recipe).
-    A bare `--flag` means true.
-    """
-    overrides, i = {}, 0
-    args = list(args)
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or len(arg) == 2:
-            raise UserError(f"command line: expected an option like --learning_rate 1e-4, got {arg!r}")
-        key, eq, value = arg[2:].partition("=")
-        key = key.replace("-", "_")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value, i = args[i + 1], i + 1
-            else:
-                value = "true"
-        try:
-            overrides[key] = yaml.safe_load(value) if value != "" else ""
-        except yaml.YAMLError:
-            overrides[key] = value
-        i += 1
-    return overrides
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Checking keys and types
 
@@ -274,6 +259,9 @@ def coerce(value, tp):
         members = typing.get_args(tp)
         if value is None and type(None) in members:
             return None
+        enums = [m for m in members if isinstance(m, type) and issubclass(m, enum.Enum)]
+        if enums and isinstance(value, str):  # `IntervalStrategy | str`: TrainingArguments takes only the enum's values
+            return coerce(value, enums[0])
         # Prefer an exact kind match (e.g. keep 0.03 a float for `float | int`).
         for member in sorted(members, key=lambda m: not isinstance(value, m if isinstance(m, type) else ())):
             if member is type(None):
@@ -389,12 +377,14 @@ def check_keys(values: dict, where: typing.Callable[[str], str], notes: list, op
 
 def resolve_path(value: str, base_dir: Path) -> str:
     """A relative path that exists under the working directory stays; else one under the recipe's folder wins."""
-    if not isinstance(value, str) or not value or Path(value).is_absolute() or Path(value).exists():
+    # Inline Jinja (alignment-handbook's chat_template) is decided before any filesystem call: a template longer
+    # than a file name may be makes os.stat raise "File name too long".
+    if not isinstance(value, str) or not value or is_inline_jinja(value):
         return value
-    if "\n" in value or "{" in value:  # inline Jinja, not a path
-        return value
-    candidate = base_dir / value
     try:
+        if Path(value).is_absolute() or Path(value).exists():
+            return value
+        candidate = base_dir / value
         if candidate.exists() or any(base_dir.glob(value)):
             return str(candidate)
     except (ValueError, OSError):  # not a valid path or pattern: leave the value to its consumer
@@ -402,14 +392,27 @@ def resolve_path(value: str, base_dir: Path) -> str:
     return value
 
 
-def load_recipe(address: str, overrides: list[str] | tuple[str, ...] = (), adapt_to_hardware: bool = True) -> Recipe:
-    """Read, check and build a recipe. Nothing is loaded or written besides the recipe file itself."""
-    recipe_file = locate(address)
-    data, lines = read_yaml_with_lines(recipe_file)
-    refuse_foreign_config(data, recipe_file.display)  # an axolotl or LLaMA-Factory file: point to `sft migrate`
+def field_type(key: str):
+    """The type of the field a recipe key (or its old name) sets; None for a key no field has."""
+    fields = known_fields().get(RENAMED_KEYS.get(key, key))
+    return fields[0][2] if fields else None
+
+
+def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = (),
+                adapt_to_hardware: bool = True) -> Recipe:
+    """Read, check and build a recipe (None: every key from the command line, as `trl sft --model_name_or_path M
+    ...`). Nothing is loaded or written besides the recipe file itself."""
+    if address is None:
+        recipe_file, data, lines = RecipeFile(path=None, display="command line", base_dir=Path.cwd()), {}, {}
+    else:
+        recipe_file = locate(address)
+        data, lines = read_yaml_with_lines(recipe_file)
+        refuse_foreign_config(data, recipe_file.display)  # an axolotl or LLaMA-Factory file: point to `sft migrate`
+        data = as_written_for_text_fields(data, plain_scalar_texts(recipe_file.path.read_text()), field_type)
     notes: list[str] = []
     values = check_keys(data, lambda k: f"{recipe_file.display}:{lines.get(k, 1)}", notes)
-    values.update(check_keys(parse_overrides(overrides), lambda k: "command line", notes, option_style=True))
+    typed = typed_overrides(overrides, field_type, untyped_keys=RENAMED_VALUES)
+    values.update(check_keys(typed, lambda k: "command line", notes, option_style=True))
     values.pop("provenance", None)
 
     for key in PATH_KEYS:

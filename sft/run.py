@@ -1,6 +1,7 @@
 """One fine-tuning run, top to bottom: recipe -> tokenizer and template -> data and masks -> model -> train -> save.
 
-Run it as `sft train RECIPE [--key value ...]`, `python sft/run.py RECIPE [...]`, or under
+Run it as `sft train RECIPE [--key value ...]` (or TRL's `--config RECIPE [...]`, or every key as a flag),
+`python sft/run.py RECIPE [...]`, or under
 `accelerate launch [--config_file accelerate_configs/NAME.yaml] sft/run.py RECIPE [...]`.
 Everything that can be wrong with the input is checked before output_dir is touched.
 """
@@ -14,7 +15,7 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
     sys.path.pop(0)  # run as a script: import the `sft` package, not sibling modules as top-level ones
 
 
-def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     from sft.chat_templates import apply_template
     from sft.checkpoints import resume_checkpoint, save_final
     from sft.data import prepare_data
@@ -27,6 +28,12 @@ def train(recipe_address: str, overrides: list[str] | tuple[str, ...] = ()) -> d
 
     # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
     recipe = load_recipe(recipe_address, overrides)
+    from sft.hardware import under_launcher
+
+    if (recipe.sft.accelerate_config or (recipe.sft.num_processes or 1) > 1) and not under_launcher():
+        from sft.launch import launch  # TRL's `accelerate_config:` / `num_processes:` keys: the run goes multi-process
+
+        raise SystemExit(launch(recipe_address, overrides))
     recipe.notes += check_running(recipe)
     push = take_push_request(recipe)  # push_to_hub: pushed once at the end, with a model card
 
@@ -107,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
-    exit_on_user_error(train, argv[0], [a if a != "--fresh" else "--resume=false" for a in argv[1:]])
+    from sft.recipe_args import split_command_line
+
+    address, overrides = exit_on_user_error(split_command_line, argv)
+    exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
     from sft.hardware import world_size
 
     if world_size() > 1:

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from sft.errors import UserError
-from sft.recipe import load_recipe, parse_overrides, resolved_values, write_resolved
+from sft.recipe import load_recipe, resolved_values, write_resolved
+from sft.recipe_args import read_options
 from tests.conftest import write_recipe
 
 
@@ -161,11 +162,13 @@ lora_target_modules: [q_proj, v_proj]
     assert recipe.training.gradient_checkpointing_kwargs == {"use_reentrant": False}
 
 
-def test_overrides_parse_like_yaml():
-    assert parse_overrides(["--a", "1", "--b=true", "--c", "--d", "[x, y]", "--e", "1e-4"]) == {
-        "a": 1, "b": True, "c": True, "d": ["x", "y"], "e": "1e-4"}
+def test_override_syntax_and_stray_values():
+    assert read_options(["--a", "1", "--b=true", "--c", "--d", "x", "y", "--e-f", "1e-4"]) == {
+        "a": ["1"], "b": ["true"], "c": [], "d": ["x", "y"], "e_f": ["1e-4"]}
     with pytest.raises(UserError, match="expected an option"):
-        parse_overrides(["stray"])
+        read_options(["stray"])
+    with pytest.raises(UserError, match="expected an option"):
+        read_options(["--a=1", "stray"])  # `--key=value` takes that one value
 
 
 def test_resolved_recipe_reloads_to_the_same_values_without_secrets(tmp_path):

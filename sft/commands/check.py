@@ -5,17 +5,18 @@ import click
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("recipe")
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
-def command(recipe, overrides):
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def command(args):
     """Check RECIPE's data as `sft train` would prepare it, and print a summary: examples per source, format,
     token-length percentiles, share of tokens trained, truncated and dropped examples. Exit 0 when the run would
-    start, 2 with the reasons when it would not. The tokenized data is cached for the run."""
+    start, 2 with the reasons when it would not. The tokenized data is cached for the run. The recipe is given as
+    to `sft train`: RECIPE or --config RECIPE, or keys alone, then --key value overrides."""
     from sft.data import prepare_data, recipe_tokenizer
     from sft.errors import EXIT_BAD_INPUT
     from sft.recipe import load_recipe
+    from sft.recipe_args import split_command_line
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(*split_command_line(args))
     tokenizer = recipe_tokenizer(loaded)
     data = prepare_data(loaded, tokenizer, strict=False)
     for line in summary_lines(data, loaded):
