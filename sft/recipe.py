@@ -427,7 +427,10 @@ def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = ()
     if adapt_to_hardware:
         from sft.hardware import adapt_training_values
 
+        from sft.capabilities import honour_requests
+
         notes += adapt_training_values(values)
+        notes += honour_requests(values)  # flash attention, Liger, trackers: fall back on CPU, stop on GPU
     apply_method(values, notes)
 
     sections: dict[str, dict] = {name: {} for name in recipe_dataclasses()}

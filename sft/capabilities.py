@@ -1,0 +1,122 @@
+"""Requests a recipe makes that this machine may not honour: flash attention, Hub kernels, Liger kernels, a tracker,
+padding-free batches.
+
+Published recipes ask for `attn_implementation: flash_attention_2` and Liger kernels as a matter of course. On a
+machine without a GPU none of them can run, installed or not, so the run falls back (sdpa, no Liger, padded
+batches) with one note each. With a GPU the user meant it: a missing package stops the run before anything loads,
+with one line saying what to install or change. A tracker that is not installed stops the run on any machine.
+
+`decide` is a pure function of the recipe's values and a `Machine`, so both branches are testable anywhere.
+"""
+
+import importlib.util
+from dataclasses import dataclass
+
+from sft.errors import UserError
+
+# Python modules whose presence we check -> what to install.
+PIP_NAMES = {
+    "flash_attn": "flash-attn --no-build-isolation",
+    "flash_attn_interface": "FlashAttention-3 (flash-attention's hopper/ build)",
+    "kernels": "kernels",
+    "liger_kernel": "'sft[liger]' (liger-kernel)",
+    "tensorboard": "'sft[tensorboard]'",
+    "wandb": "'sft[wandb]'",
+    "trackio": "'sft[trackio]'",
+}
+# report_to name -> modules, any of which makes it available (transformers accepts tensorboardX too).
+TRACKER_MODULES = {
+    "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "trackio": ("trackio",),
+    "mlflow": ("mlflow",), "comet_ml": ("comet_ml",), "neptune": ("neptune",), "clearml": ("clearml",),
+    "dvclive": ("dvclive",), "swanlab": ("swanlab",), "codecarbon": ("codecarbon",), "dagshub": ("dagshub",),
+    "azure_ml": ("azureml",), "flyte": ("flytekit",), "kubeflow": ("kubeflow",),
+}
+# attn_implementation -> modules, any of which runs it on a GPU (transformers falls back to a Hub kernel when the
+# `kernels` package is there).
+ATTENTION_MODULES = {
+    "flash_attention_2": ("flash_attn", "kernels"),
+    "flash_attention_3": ("flash_attn_interface", "kernels"),
+}
+CHECKED_MODULES = sorted({m for ms in (*TRACKER_MODULES.values(), *ATTENTION_MODULES.values()) for m in ms}
+                         | {"liger_kernel"})
+
+
+@dataclass(frozen=True)
+class Machine:
+    on_gpu: bool
+    installed: frozenset  # importable module names among CHECKED_MODULES
+
+
+@dataclass(frozen=True)
+class Fallback:
+    key: str
+    value: object
+    note: str
+
+
+def this_machine() -> Machine:
+    from sft.hardware import has_gpu
+
+    return Machine(on_gpu=has_gpu(),
+                   installed=frozenset(m for m in CHECKED_MODULES if importlib.util.find_spec(m) is not None))
+
+
+def _install(module: str) -> str:
+    return f"pip install {PIP_NAMES.get(module, module)}"
+
+
+def decide(values: dict, machine: Machine) -> list[Fallback]:
+    """The fallbacks this machine needs for the recipe's values; UserError for what it must not run without."""
+    fallbacks = []
+    attention = values.get("attn_implementation") or ""
+    hub_kernel = attention.startswith("kernels-community/")
+    if attention in ATTENTION_MODULES or attention.startswith("flash_attention") or hub_kernel:
+        if not machine.on_gpu:
+            fallbacks.append(Fallback("attn_implementation", "sdpa", f"attn_implementation {attention} needs a "
+                                      "GPU: using sdpa on this CPU machine"))
+        elif hub_kernel and "kernels" not in machine.installed:
+            raise UserError(f"attn_implementation {attention} loads a Hub kernel and needs the kernels package: "
+                            f"{_install('kernels')}, or set attn_implementation: sdpa")
+        elif attention in ATTENTION_MODULES and not machine.installed & set(ATTENTION_MODULES[attention]):
+            module = ATTENTION_MODULES[attention][0]
+            raise UserError(f"attn_implementation {attention} needs {module}, which is not installed: "
+                            f"{_install(module)} (or pip install kernels), or set attn_implementation: sdpa")
+    if values.get("use_liger_kernel"):
+        if not machine.on_gpu:
+            fallbacks.append(Fallback("use_liger_kernel", False, "use_liger_kernel: Liger's Triton kernels need a "
+                                      "GPU: turned off on this CPU machine"))
+        elif "liger_kernel" not in machine.installed:
+            raise UserError(f"use_liger_kernel: true needs liger-kernel, which is not installed: "
+                            f"{_install('liger_kernel')}, or set use_liger_kernel: false")
+    if values.get("padding_free") and not values.get("packing"):
+        if not machine.on_gpu:
+            fallbacks.append(Fallback("padding_free", False, "padding_free without packing: turned off on this CPU "
+                                      "machine (padded batches; TRL enforces max_length on padding-free batches "
+                                      "only when packing)"))
+        else:
+            raise UserError("padding_free: true without packing: TRL cannot enforce max_length on unpacked "
+                            "padding-free batches; set packing: true (packing_strategy: bfd) or padding_free: false")
+    for tracker in trackers(values.get("report_to")):
+        if tracker not in TRACKER_MODULES:
+            raise UserError(f"report_to {tracker}: not a tracker transformers knows; use one of "
+                            f"{', '.join(TRACKER_MODULES)}, all or none")
+        modules = TRACKER_MODULES[tracker]
+        if not machine.installed & set(modules):
+            raise UserError(f"report_to {tracker}: {modules[0]} is not installed: {_install(modules[0])}, or remove "
+                            f"{tracker} from report_to")
+    return fallbacks
+
+
+def trackers(report_to) -> list[str]:
+    """The trackers named (not `all`, which means those installed, nor `none`)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return [n for n in names if n not in ("all", "none")]
+
+
+def honour_requests(values: dict, machine: Machine | None = None) -> list[str]:
+    """Apply this machine's fallbacks to the recipe's values; one note each."""
+    notes = []
+    for fallback in decide(values, machine or this_machine()):
+        values[fallback.key] = fallback.value
+        notes.append(fallback.note)
+    return notes
