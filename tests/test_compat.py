@@ -270,6 +270,15 @@ def test_config_flag_misuse(args, message):
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize("args, message", [
+    ((), "error: give a recipe (sft train RECIPE, or --config RECIPE) or every key as a flag"),
+    (("a.yaml", "--config", "b.yaml"), "error: two recipes given (a.yaml and --config b.yaml); give one"),
+])
+def test_train_without_one_recipe_is_one_line(args, message):
+    proc = run_cli("train", *args)
+    assert_one_line_error(proc, message)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Values typed by their field, as HfArgumentParser types them
 
@@ -476,3 +485,16 @@ def test_help_all_lists_every_key_grouped_by_origin():
     assert listed["dataset_name"] == ["TRL ScriptArguments: data"]
     assert "  eval_strategy (IntervalStrategy | str = 'no'): When to run evaluation." in proc.stdout
     assert "max_seq_length -> max_length" in proc.stdout
+
+
+def test_this_machine_is_detected_from_torch_and_installed_modules():
+    import importlib.util
+
+    import torch
+
+    from sft.capabilities import CHECKED_MODULES, this_machine
+
+    machine = this_machine()
+    assert machine.on_gpu == torch.cuda.is_available()
+    assert machine.installed == {m for m in CHECKED_MODULES if importlib.util.find_spec(m)}
+    assert "tensorboard" in machine.installed  # the test extra installs it

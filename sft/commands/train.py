@@ -38,8 +38,10 @@ def command(args):
     (`--help-all` lists them all). `accelerate_config: NAME` and/or `num_processes: N` run it under
     `sft launch` with that profile. If output_dir holds checkpoints the run resumes from the newest complete one;
     --fresh starts over."""
+    from sft.errors import UserError
     from sft.run import main
 
     if not args:
-        raise click.UsageError("give a recipe (sft train RECIPE or --config RECIPE) or the keys as flags")
+        raise UserError("give a recipe (sft train RECIPE, or --config RECIPE) or every key as a flag "
+                        "(--model_name_or_path M --dataset_name D --output_dir O)")
     main(list(args))
