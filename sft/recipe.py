@@ -136,6 +136,7 @@ RENAMED_KEYS = {
     "warmup_ratio": "warmup_steps",  # transformers 5: a float warmup_steps in [0, 1) is a ratio
     "use_flash_attention_2": "attn_implementation",
     "overwrite_output_dir": "resume",
+    "preprocessing_num_workers": "dataset_num_proc",  # alignment-handbook before v0.4
 }
 RENAMED_VALUES = {
     "use_flash_attention_2": lambda v: "flash_attention_2" if v else None,

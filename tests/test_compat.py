@@ -333,6 +333,14 @@ def test_override_errors_name_the_option(tmp_path, args, message):
     assert str(err.value) == message
 
 
+def test_older_handbook_worker_count_reads_as_dataset_num_proc(tmp_path):
+    path = plain_recipe(tmp_path, "preprocessing_num_workers: 12\n")
+    recipe = load_recipe(path)
+    assert recipe.training.dataset_num_proc == 12
+    assert f"{path}:2: 'preprocessing_num_workers' is now 'dataset_num_proc'; read as dataset_num_proc: 12" \
+        in recipe.notes
+
+
 def test_a_word_that_is_no_strategy_names_file_and_line(tmp_path):
     path = plain_recipe(tmp_path, "save_strategy: off\n")
     with pytest.raises(UserError) as err:
