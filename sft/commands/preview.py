@@ -6,21 +6,22 @@ OPEN_MARK, CLOSE_MARK = "⟦", "⟧"
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("recipe")
-@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("-n", "count", default=3, show_default=True, help="How many examples to show.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line per example: input_ids, labels "
               "(-100 where masked) and more - exactly what the trainer receives, before packing.")
-def command(recipe, overrides, count, as_json):
+def command(args, count, as_json):
     """Show the first N training examples of RECIPE rendered through its chat template, with trained tokens in
-    colour (on a terminal) or between ⟦ ⟧ markers, and per-example token counts. Recipe keys can be overridden
-    after RECIPE, as with `sft train`. Reads the data and the tokenizer only: no model, no GPU."""
+    colour (on a terminal) or between ⟦ ⟧ markers, and per-example token counts. The recipe is given as to
+    `sft train` (RECIPE or --config RECIPE, or keys alone), with overrides after it. Reads the data and the
+    tokenizer only: no model, no GPU."""
     import json
 
     from sft.data import prepare_data, recipe_tokenizer
     from sft.recipe import load_recipe
+    from sft.recipe_args import split_command_line
 
-    loaded = load_recipe(recipe, overrides)
+    loaded = load_recipe(*split_command_line(args))
     tokenizer = recipe_tokenizer(loaded)
     data = prepare_data(loaded, tokenizer, limit=max(count, 0))
     rows = data.train_full
