@@ -333,6 +333,14 @@ def test_override_errors_name_the_option(tmp_path, args, message):
     assert str(err.value) == message
 
 
+def test_an_option_without_its_value_is_one_line_and_touches_nothing(tmp_path, tiny_model, existing_output):
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_model), output_dir=str(existing_output),
+                          dataset_name=str(text_data(tmp_path / "d.jsonl")))
+    proc = run_cli("train", recipe, "--max_steps", "1", "--learning_rate")
+    assert_one_line_error(proc, "error: command line: --learning_rate needs a value, as in --learning_rate VALUE")
+    assert_untouched(existing_output)
+
+
 def test_older_handbook_worker_count_reads_as_dataset_num_proc(tmp_path):
     path = plain_recipe(tmp_path, "preprocessing_num_workers: 12\n")
     recipe = load_recipe(path)
