@@ -369,8 +369,10 @@ def test_a_mapped_value_sft_would_reject_is_reported_not_written(tmp_path):
     assert "optim" not in migration.recipe and "lr_scheduler_type" not in migration.recipe
     assert migration.recipe["learning_rate"] == 0.0002  # YAML reads 2e-4 as a string; the recipe holds the number
     reasons = dict(migration.unmapped)
-    assert reasons["optimizer"].startswith("optim: 'adamw_unknown' is not one of adamw_torch, adamw_torch_fused, ")
-    assert reasons["lr_scheduler"].startswith("lr_scheduler_type: 'rex' is not one of linear, cosine, ")
+    assert reasons["optimizer"].startswith("'optim' must be one of adamw_torch, adamw_torch_fused, ")
+    assert reasons["optimizer"].endswith(", got 'adamw_unknown'")
+    assert reasons["lr_scheduler"].startswith("'lr_scheduler_type' must be one of linear, cosine, ")
+    assert reasons["lr_scheduler"].endswith(", got 'rex'")
 
 
 @pytest.mark.parametrize("name, text, tool", [
