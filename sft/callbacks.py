@@ -224,10 +224,12 @@ def training_callbacks(recipe, tokenizer, eval_rows=None) -> list:
     if recipe.sft.sample_every_n_steps:
         from transformers import GenerationConfig
 
-        from sft.masks import end_of_turn_token
+        from sft.masks import end_of_turn_token, generation_stop_tokens
 
         prompts, texts = sample_prompts(recipe, tokenizer, eval_rows)
-        stop = end_of_turn_token(tokenizer)  # stop where the trained turn ends, as the saved model will
+        # stop where the trained turn ends, as the saved model will
+        stops = generation_stop_tokens(recipe.model.model_name_or_path, tokenizer)
+        stop = end_of_turn_token(tokenizer, stop_tokens=stops)
         stop_config = GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids(stop)] if stop else None,
                                        pad_token_id=tokenizer.pad_token_id)
         callbacks.append(GenerationSamples(prompts, texts, recipe.sft.sample_every_n_steps,

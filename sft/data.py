@@ -276,13 +276,24 @@ def check_messages(messages, key: str) -> list[dict]:
     return [check_message(m, n) for n, m in enumerate(messages, start=1)]
 
 
+def template_inputs(row: dict) -> dict:
+    """A conversation's own `tools` and `chat_template_kwargs` (e.g. enable_thinking), passed to its template as
+    TRL passes them."""
+    out = {}
+    if row.get("tools"):
+        out["tools"] = drop_none(row["tools"])  # Arrow gives every tool every key another tool has
+    kwargs = row.get("chat_template_kwargs")
+    if kwargs:
+        if not isinstance(kwargs, dict):
+            raise ValueError("'chat_template_kwargs' must be a mapping, e.g. {\"enable_thinking\": false}")
+        out["chat_template_kwargs"] = drop_none(kwargs)
+    return out
+
+
 def normalise(row: dict, fmt: str, instruction_template: str = "chat") -> dict:
     """One raw row -> messages / prompt+completion / text. Raises ValueError with the reason for a bad row."""
     if fmt == "chat":
-        out = {"messages": check_messages(row.get("messages"), "messages")}
-        if row.get("tools"):
-            out["tools"] = row["tools"]
-        return out
+        return {"messages": check_messages(row.get("messages"), "messages"), **template_inputs(row)}
     if fmt == "sharegpt":
         turns = row.get("conversations")
         if not isinstance(turns, list) or not turns:
@@ -315,7 +326,7 @@ def normalise(row: dict, fmt: str, instruction_template: str = "chat") -> dict:
         completion = row.get("completion", row.get("response"))
         if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
             messages = check_messages(prompt + completion, "prompt + completion")
-            return {"messages": messages, "_completion_turns": len(completion)}
+            return {"messages": messages, "_completion_turns": len(completion), **template_inputs(row)}
         if not isinstance(prompt, str) or not isinstance(completion, str):
             raise ValueError("'prompt' and 'completion' must both be strings (or both lists of messages)")
         if not completion.strip():
@@ -517,7 +528,8 @@ def normalise_rows(raw, wheres: list[str], fmt: str, source: Source, instruction
                 result.bad.append((where, str(err)))
                 continue
             result.chat = result.chat or "messages" in example
-            result.examples.append(json.dumps(example, ensure_ascii=False, sort_keys=True))
+            # key order kept: templates write mappings (tools, tool-call arguments) in the order they are given
+            result.examples.append(json.dumps(example, ensure_ascii=False))
             result.wheres.append(where)
     return result
 
@@ -652,7 +664,7 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     strict: raise the first problem as a UserError (training); otherwise return the problems (sft check).
     limit: only the first `limit` training examples are tokenized, and nothing is cached (sft preview)."""
     from sft.chat_templates import check_has_template
-    from sft.masks import FALLBACKS, column, plan_masks, summarise, tokenize_all
+    from sft.masks import FALLBACKS, column, generation_stop_tokens, plan_masks, split_note, summarise, tokenize_all
 
     notes = []
     loss_mode = resolve_loss_mode(recipe, notes)
@@ -671,13 +683,12 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
         train_set, eval_set = as_dataset(rows), None
         if getattr(recipe.training.eval_strategy, "value", recipe.training.eval_strategy) not in ("no", None):
             train_set, eval_set, duplicates = eval_split_from_source(recipe, sources, rows, bad)
-    plan = plan_masks(tokenizer, loss_mode)  # built once: the checks below and both tokenize_all calls use it
     if any(p.chat for p in parts):
         check_has_template(tokenizer, recipe.source)
-        if not plan.markers and plan.closer is None and loss_mode != "all":
-            raise UserError(f"{recipe.source}: the chat template writes no special token after an assistant turn, so "
-                            "the model would never learn to stop; end assistant turns with one (e.g. "
-                            "{{ eos_token }}) or choose a built-in chat_template")
+    # Built once (both tokenize_all calls use it): the template, the model's generation stop tokens, the kwargs.
+    plan = plan_masks(tokenizer, loss_mode, stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path,
+                                                                               tokenizer),
+                      template_kwargs=recipe.sft.chat_template_kwargs)
     if limit is not None:
         train_set = train_set.select(range(min(limit, len(train_set))))
         eval_set = None
@@ -693,11 +704,13 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     summary_args = (recipe.sft.skip_bad_rows, recipe.sft.max_dropped_fraction, recipe.training.max_length)
     keep, stats, train_problems = summarise(tokenized, "training data", *summary_args)
     problems += train_problems
+    notes += [note for note in [split_note("training data", stats)] if note]
     eval_final = None
     if eval_set is not None and len(eval_set):
         eval_tokenized = tokenize_all(eval_set, source="eval data", **settings)
         eval_keep, eval_stats, eval_problems = summarise(eval_tokenized, "eval data", *summary_args)
         problems += eval_problems
+        notes += [note for note in [split_note("eval data", eval_stats)] if note]
         eval_final = eval_tokenized.full.select(eval_keep).select_columns(["input_ids", "labels"])
         stats["eval_examples"] = len(eval_keep)
     full = tokenized.full.select(keep)

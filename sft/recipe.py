@@ -76,12 +76,19 @@ class SftArguments:
         metadata={"help": "Fail when more than this share of examples lose all trained tokens to max_length."},
     )
     mask_fallback: str = field(
-        default="error",
-        metadata={"help": "When the chat template rewrites or drops assistant content so that an example's trained "
-                          "tokens cannot be located: 'error' (stop, naming the example), 'last_assistant' (train "
-                          "only its last assistant turn) or 'split_turns' (one example per assistant turn, each "
-                          "the conversation up to that turn).",
-                  "choices": ["error", "last_assistant", "split_turns"]},
+        default="context",
+        metadata={"help": "How assistant turns share examples when the chat template renders earlier turns "
+                          "differently from how the model generated them (e.g. drops their reasoning): 'context' "
+                          "(each turn trained in the context the model sees: one example per turn where needed, "
+                          "else one per conversation), 'last_assistant' (train only the last assistant turn), "
+                          "'split_turns' (always one example per assistant turn) or 'error' (stop, naming the "
+                          "example).",
+                  "choices": ["context", "last_assistant", "split_turns", "error"]},
+    )
+    chat_template_kwargs: dict | None = field(
+        default=None,
+        metadata={"help": "Extra variables for the chat template, e.g. {enable_thinking: false}; a row's own "
+                          "chat_template_kwargs override them for that row."},
     )
     data_cache: bool = field(
         default=True,

@@ -21,7 +21,7 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     from sft.data import prepare_data
     from sft.hub import take_push_request
     from sft.logs import say
-    from sft.masks import end_of_turn_token
+    from sft.masks import end_of_turn_token, generation_stop_tokens
     from sft.modeling import check_model_source, load_model, load_tokenizer, peft_config
     from sft.profiles import check_running
     from sft.recipe import load_recipe
@@ -85,7 +85,8 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
         return {"steps": trainer.state.global_step, "stopped": True, "output_dir": str(output_dir)}
 
     # 6. Save the model (or adapter) with tokenizer, template and a generation config that stops where it learned to.
-    save_final(trainer, tokenizer, output_dir, end_of_turn_token(tokenizer))
+    save_final(trainer, tokenizer, output_dir, end_of_turn_token(
+        tokenizer, stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path, tokenizer)))
     summary = {
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,

@@ -1,0 +1,268 @@
+"""Which characters of an example are trained: the definition, turn by turn.
+
+For each trained assistant turn i, the trained text is what the model must generate after the conversation so far
+is rendered with `add_generation_prompt=True` (P): the rendering of the conversation through turn i (F) after P,
+up to and including the token that ends generation (eos or a generation-config stop token; where the template
+writes none of them, the special token it ends the turn with; where it writes no token after the last turn, the
+stop token it writes before the next turn, appended). Reasoning, tool calls and markers the model writes itself
+(gpt-oss's channels, Command R7B's <|START_RESPONSE|>) are trained; headers in P are not.
+
+The turns of a conversation share one example when the conversation's own rendering holds each of them exactly as
+the model generated it; a template that renders earlier turns differently (drops their reasoning, moves the
+system prompt) gives turns of their own: the example is split (`mask_fallback` chooses otherwise).
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from sft.masks.plan import MaskError, MaskPlan, render
+
+REASONING, TOOL_CALLS = 1, 2
+FALLBACKS = {
+    "context": "train each assistant turn in the context the model sees when it generates it: one example per "
+               "conversation where earlier turns render as generated, one per turn where they do not (default)",
+    "last_assistant": "where earlier turns render differently, train only the conversation's last assistant turn",
+    "split_turns": "always one example per trained assistant turn, each the conversation up to that turn",
+    "error": "where earlier turns render differently, stop and name the example",
+}
+
+
+@dataclass
+class Turn:
+    prompt: str  # P: the conversation before the turn, with the generation prompt
+    trained: str  # what the model generates after P, through the end-of-generation token
+    after: str = ""  # what the template writes after that (untrained: e.g. the next header)
+    parts: list = field(default_factory=list)  # (start, end, kind) inside `trained`: reasoning, tool calls
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.trained + self.after
+
+
+@dataclass
+class Rendered:
+    """One example: its text, trained character spans, and reasoning/tool-call spans (for `sft preview`)."""
+
+    text: str
+    spans: list
+    is_chat: bool = True
+    parts: list = field(default_factory=list)
+    part: int = 0  # 0: a whole conversation; k: the k-th example a split conversation became
+    fell_back: bool = False
+
+
+class Conversation:
+    """One conversation's renderings, each made once."""
+
+    def __init__(self, plan: MaskPlan, messages, tools, row_kwargs):
+        self.plan, self.messages, self.tools, self.row_kwargs = plan, messages, tools, row_kwargs
+        self.cache = {}
+
+    def render(self, count: int, generation_prompt: bool = False) -> str:
+        key = (count, generation_prompt)
+        if key not in self.cache:
+            self.cache[key] = render(self.plan, self.messages[:count], self.tools, generation_prompt, self.row_kwargs)
+        return self.cache[key]
+
+
+def content_text(content) -> str:
+    """A message's text: a string, or the concatenated text parts of a content list."""
+    if isinstance(content, list):
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def generation_start(prompt: str, full: str, previous: dict, number: int) -> int:
+    """Where the answer starts in `full` when `full` does not start with `prompt` (the template renders the
+    conversation so far differently once an answer follows, e.g. moves the system prompt or drops a tool call's
+    reasoning): right after the longest end of `prompt` that `full` also has, which must hold the previous
+    message's text."""
+    low, high = 0, len(prompt)
+    while low < high:  # every shorter end of prompt occurs in full when a longer one does
+        middle = (low + high + 1) // 2
+        if prompt[-middle:] in full:
+            low = middle
+        else:
+            high = middle - 1
+    needed = content_text(previous.get("content")).strip()
+    if low == 0 or (needed and needed not in prompt[-low:]):
+        raise MaskError(f"the template renders the conversation before message {number} (assistant) one way with "
+                        "add_generation_prompt=True and another way once the answer follows, so what the model "
+                        "generates cannot be located", template=True)
+    return full.index(prompt[-low:]) + low
+
+
+def end_of_generation(plan: MaskPlan, generated: str) -> int | None:
+    """The end of the first generation stop token in the generated text; else of the template's own closer."""
+    hits = [(generated.find(token), token) for token in plan.stop_tokens if token in generated]
+    if hits:
+        position, token = min(hits)
+        return position + len(token)
+    if plan.closer and plan.closer_written_last and plan.closer in generated:
+        return generated.index(plan.closer) + len(plan.closer)
+    return None
+
+
+def appended_stop(plan: MaskPlan, conversation: Conversation, prompt: str, generated: str, number: int) -> str:
+    """A turn the template ends with no token of its own (GLM: the next header ends it): the stop token written
+    after it in the conversation, else the one the template writes before a following turn."""
+    whole = conversation.render(len(conversation.messages))
+    if plan.special_run is not None and whole.startswith(prompt + generated):
+        match = plan.special_run.match(whole, len(prompt + generated))
+        if match and match.group(1) in plan.stop_tokens:
+            return match.group(0)
+    if plan.closer and not plan.closer_written_last and plan.closer in plan.stop_tokens:
+        return plan.closer
+    if plan.closer:
+        raise MaskError(f"no token ends assistant message {number}: the template ends it only with the next turn's "
+                        f"{plan.closer}, which is not a generation stop token of the model; add its id to "
+                        "eos_token_id in the model's generation_config.json", template=True)
+    raise MaskError("the template writes no special token after an assistant turn, so the model would never learn "
+                    "to stop; end assistant turns with one (e.g. {{ eos_token }})", template=True)
+
+
+def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
+    """Assistant message i as the model generates it (the definition above)."""
+    number = i + 1
+    if i == 0:
+        raise MaskError("the conversation starts with an assistant turn; the model needs something to answer")
+    prompt, full = conversation.render(i, True), conversation.render(i + 1)
+    if full.startswith(prompt):
+        start = len(prompt)
+    else:
+        before, common = conversation.render(i), len(os.path.commonprefix([prompt, full]))
+        if full.startswith(before) and common >= len(before):
+            # The generation prompt ends with text the answer does not follow (R1-Distill's "<think>\n"): the
+            # answer starts where the two part, after the header both hold.
+            prompt = full[:common]
+            start = common
+        else:
+            start = generation_start(prompt, full, conversation.messages[i - 1], number)
+    generated = full[start:]
+    end = end_of_generation(plan, generated)
+    if end is None:
+        trained, after = generated + appended_stop(plan, conversation, prompt, generated, number), ""
+    else:
+        trained, after = generated[:end], generated[end:]
+    if not trained.strip():
+        raise MaskError(f"the chat template renders nothing for assistant message {number}")
+    return Turn(prompt, trained, after, turn_parts(conversation.messages[i], trained, end or len(generated)))
+
+
+def turn_parts(message: dict, trained: str, stop_at: int) -> list:
+    """(start, end, kind) of the reasoning and the tool calls inside a turn's trained text, where they are found."""
+    parts = []
+    content = content_text(message.get("content"))
+    reasoning = message.get("reasoning_content") or message.get("thinking")
+    if not isinstance(reasoning, str) and "</think>" in content:
+        reasoning, content = content.split("</think>", 1)
+        reasoning = reasoning.split("<think>")[-1]
+    reasoning_end = 0
+    if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() in trained:
+        start = trained.index(reasoning.strip())
+        reasoning_end = start + len(reasoning.strip())
+        parts.append((start, reasoning_end, REASONING))
+    if message.get("tool_calls"):
+        start = reasoning_end
+        if content.strip() and content.strip() in trained[start:stop_at]:
+            start = trained.rindex(content.strip(), start, stop_at) + len(content.strip())
+        if stop_at > start:
+            parts.append((start, stop_at, TOOL_CALLS))
+    return parts
+
+
+def trained_turns(messages: list[dict], loss_mode: str, completion_turns: int | None = None) -> list[int]:
+    assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if loss_mode == "completion":  # the answer: the completion's turns, or a conversation's last turn
+        if completion_turns:
+            return [i for i in assistant if i >= len(messages) - completion_turns]
+        return assistant[-1:]
+    if loss_mode == "last_assistant":
+        return assistant[-1:]
+    return assistant
+
+
+def example_of(turns: list[Turn], part: int = 0, fell_back: bool = False) -> Rendered:
+    """One example holding `turns`, whose last turn's text holds each of them as generated."""
+    spans, parts = [], []
+    for turn in turns:
+        start = len(turn.prompt)
+        spans.append((start, start + len(turn.trained)))
+        parts += [(start + a, start + b, kind) for a, b, kind in turn.parts]
+    return Rendered(turns[-1].text, spans, True, parts, part, fell_back)
+
+
+def grouped(turns: list[Turn]) -> list[list[Turn]]:
+    """The fewest examples that each hold their turns as generated: the last turn's text, with every earlier turn
+    it holds exactly; the turns it does not hold grouped the same way."""
+    groups, left = [], list(turns)
+    while left:
+        text = left[-1].text
+        group = [t for t in left if text.startswith(t.prompt + t.trained)]
+        groups.insert(0, group)
+        left = [t for t in left if t not in group]
+    return groups
+
+
+def clean_messages(messages) -> list[dict]:
+    """Drop keys whose value is None, as apply_chat_template does (Arrow fills absent keys with None)."""
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+def chat_examples(plan: MaskPlan, example: dict, loss_mode: str, fallback: str) -> list[Rendered]:
+    if plan.template is None:
+        raise MaskError("chat data needs a chat template and the tokenizer has none")
+    messages = clean_messages(example["messages"])
+    if not messages:
+        raise MaskError("the conversation has no messages")
+    tools = example.get("tools")
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    row_kwargs = example.get("chat_template_kwargs")
+    row_kwargs = json.loads(row_kwargs) if isinstance(row_kwargs, str) else (row_kwargs or {})
+    conversation = Conversation(plan, messages, tools, row_kwargs)
+    if loss_mode == "all":
+        text = conversation.render(len(messages))
+        return [Rendered(text, [(0, len(text))])]
+    if messages[-1].get("role") != "assistant":
+        raise MaskError(f"the conversation ends on a {messages[-1].get('role')} turn, not an assistant turn")
+    wanted = trained_turns(messages, loss_mode, example.get("_completion_turns"))
+    last = turn_at(plan, conversation, wanted[-1])
+    turns = []
+    for i in wanted[:-1]:
+        try:
+            turns.append(turn_at(plan, conversation, i))
+        except MaskError as err:
+            if not err.template:
+                raise
+            if fallback == "last_assistant":
+                return [example_of([last], fell_back=True)]
+            raise MaskError(str(err), template=True, helps=("last_assistant",)) from None
+    turns.append(last)
+    if fallback == "split_turns" and len(turns) > 1:
+        return [example_of([t], k, True) for k, t in enumerate(turns, start=1)]
+    groups = grouped(turns)
+    if len(groups) == 1:
+        return [example_of(turns)]
+    if fallback == "error":
+        raise MaskError("the chat template renders earlier assistant turns differently from how the model generated "
+                        "them (e.g. drops their reasoning)", template=True, helps=("context", "last_assistant"))
+    if fallback == "last_assistant":
+        return [example_of([last], fell_back=True)]
+    return [example_of(group, k) for k, group in enumerate(groups, start=1)]
+
+
+def end_of_turn_token(tokenizer, chat_template: str | None = None, stop_tokens=()) -> str | None:
+    """The token that ends a plain assistant answer under this template (what generation must stop on)."""
+    from sft.masks.plan import plan_masks
+
+    plan = plan_masks(tokenizer, "assistant", chat_template, stop_tokens)
+    if plan.template is None or plan.special_run is None:
+        return tokenizer.eos_token
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    try:
+        turn = turn_at(plan, Conversation(plan, messages, None, {}), 1)
+    except MaskError:
+        return tokenizer.eos_token
+    found = [m.group(1) for m in plan.special_run.finditer(turn.trained)]
+    return found[-1] if found else tokenizer.eos_token

@@ -1,0 +1,209 @@
+"""Rendered examples become `input_ids` and `labels` (-100 where not trained), in batches through `Dataset.map`.
+
+A token is trained when its characters overlap a trained span (the first and the last token of a span are found
+with `char_to_token`, as transformers does), so tokens that merge across a boundary are handled as in TRL's masks.
+"""
+
+import json
+from dataclasses import dataclass
+
+from sft.errors import UserError
+from sft.masks.cache import cache_key, cache_root
+from sft.masks.plan import IGNORE, MaskError, MaskPlan, plan_masks
+from sft.masks.spans import FALLBACKS, Rendered, chat_examples
+
+COLUMNS = ("input_ids", "labels", "length", "trained", "truncated", "lost", "error", "where", "source", "fallback",
+           "part", "parts")
+
+
+def default_mode(example: dict) -> str:
+    if example.get("messages") is not None:
+        return "completion" if example.get("_completion_turns") else "assistant"
+    return "completion" if example.get("completion") is not None else "all"
+
+
+def render_example(example: dict, plan: MaskPlan, loss_mode: str | None, fallback: str, eos: str) -> list[Rendered]:
+    """The examples one normalised row becomes (more than one where a conversation is split)."""
+    mode = loss_mode or default_mode(example)
+    if example.get("messages") is not None:
+        return chat_examples(plan, example, mode, fallback)
+    if example.get("completion") is not None:
+        prompt, completion = example["prompt"], example["completion"]
+        text = prompt + completion + ("" if completion.endswith(eos) else eos)
+        return [Rendered(text, [(0 if mode == "all" else len(prompt), len(text))], False)]
+    if example.get("text") is not None:
+        text = example["text"] + ("" if example["text"].endswith(eos) else eos)
+        return [Rendered(text, [(0, len(text))], False)]
+    raise MaskError("the example has no messages, prompt/completion or text")
+
+
+def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool):
+    """`tokenizers.Encoding`s, as `tokenizer(texts)` computes them (the backend directly when nothing differs)."""
+    backend = tokenizer.backend_tokenizer
+    if (backend.truncation is None and backend.padding is None
+            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
+        return backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+    return tokenizer(texts, add_special_tokens=add_special_tokens).encodings
+
+
+def token_range(encoding, start: int, end: int) -> tuple[int, int] | None:
+    """[first, last] token overlapping characters [start, end); None when no token does."""
+    first = last = None
+    for char in range(start, end):
+        first = encoding.char_to_token(char)
+        if first is not None:
+            break
+    if first is None:
+        return None
+    for char in range(end - 1, start - 1, -1):
+        last = encoding.char_to_token(char)
+        if last is not None:
+            break
+    return first, last
+
+
+def labels_for(encoding, spans) -> tuple[list[int], list[int]]:
+    ids = encoding.ids
+    labels = [IGNORE] * len(ids)
+    for start, end in spans:
+        found = token_range(encoding, start, end)
+        if found:
+            labels[found[0]: found[1] + 1] = ids[found[0]: found[1] + 1]
+    return ids, labels
+
+
+def token_parts(encoding, parts) -> list[list[int]]:
+    """Reasoning / tool-call character spans as [first token, end token, kind]."""
+    out = []
+    for start, end, kind in parts:
+        found = token_range(encoding, start, end)
+        if found:
+            out.append([found[0], found[1] + 1, kind])
+    return out
+
+
+@dataclass
+class Item:
+    row: int
+    rendered: Rendered | None
+    error: str | None = None
+
+
+def encode_batch(batch, indices, tokenizer, plan, loss_mode, max_length, truncation_mode, fallback, source):
+    """`Dataset.map(batched=True)` function. A failed example is kept with its error and filtered out later."""
+    size = len(indices)
+    if "example" in batch:
+        examples = [json.loads(s) for s in batch["example"]]
+    else:  # rows of a dataset built from normalised dicts
+        examples = [{key: batch[key][i] for key in batch} for i in range(size)]
+    wheres = batch["where"] if "where" in batch else [f"{source}: row {i + 1}" for i in indices]
+    sources = batch["source"] if "source" in batch else [0] * size
+    eos = tokenizer.eos_token or ""
+    items = []
+    for row, example in enumerate(examples):
+        try:
+            items += [Item(row, rendered) for rendered in render_example(example, plan, loss_mode, fallback, eos)]
+        except MaskError as err:
+            items.append(Item(row, None, str(err)))
+
+    encodings = [None] * len(items)
+    for is_chat in (True, False):  # chat templates write their own special tokens; plain text gets BOS as in TRL
+        chosen = [k for k, item in enumerate(items) if item.rendered is not None and item.rendered.is_chat == is_chat]
+        if chosen:
+            texts = [items[k].rendered.text for k in chosen]
+            for k, encoding in zip(chosen, encode_texts(tokenizer, texts, not is_chat)):
+                encodings[k] = encoding
+
+    out = {name: [] for name in COLUMNS}
+    for item, encoding in zip(items, encodings):
+        rendered = item.rendered
+        ids, labels = labels_for(encoding, rendered.spans) if encoding is not None else ([], [])
+        parts = token_parts(encoding, rendered.parts) if encoding is not None else []
+        full_trained = len(labels) - labels.count(IGNORE)
+        cut = bool(max_length) and len(ids) > max_length
+        if cut:
+            keep = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+            shift = 0 if truncation_mode == "keep_start" else len(ids) - max_length
+            ids, labels = ids[keep], labels[keep]
+            parts = [[max(a - shift, 0), min(b - shift, len(ids)), kind] for a, b, kind in parts
+                     if b - shift > 0 and a - shift < len(ids)]
+        trained = len(labels) - labels.count(IGNORE)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["length"].append(len(ids))
+        out["trained"].append(trained)
+        out["truncated"].append(cut)
+        out["lost"].append(full_trained > 0 and trained == 0)
+        out["error"].append(item.error)
+        out["where"].append(wheres[item.row])
+        out["source"].append(sources[item.row])
+        out["fallback"].append(bool(rendered and rendered.fell_back))
+        out["part"].append(rendered.part if rendered else 0)
+        out["parts"].append(parts)
+    return arrow_table(out)
+
+
+def arrow_table(columns: dict):
+    """The batch as an Arrow table of known types (much faster for datasets to write than inferred lists)."""
+    import pyarrow as pa
+
+    ids = pa.list_(pa.int32())
+    types = {"input_ids": ids, "labels": ids, "length": pa.int32(), "trained": pa.int32(), "truncated": pa.bool_(),
+             "lost": pa.bool_(), "error": pa.string(), "where": pa.string(), "source": pa.int32(),
+             "fallback": pa.bool_(), "part": pa.int32(), "parts": pa.list_(ids)}
+    return pa.table({name: pa.array(columns[name], type=types[name]) for name in COLUMNS})
+
+
+@dataclass
+class Tokenized:
+    """A tokenized dataset before filtering: one row per example (or per turn of a split conversation)."""
+
+    full: object  # datasets.Dataset with input_ids, labels, length, trained, truncated, lost, error, where, ...
+    cache: str  # "hit", "miss" or "off"
+    plan: MaskPlan
+
+
+def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation_mode="keep_start",
+                 chat_template=None, mask_fallback="context", source="data", use_cache=True, plan=None) -> Tokenized:
+    """Render, tokenize and mask every example; rows that fail keep their error. Cached on disk when use_cache.
+    `plan`: the MaskPlan of this tokenizer and loss mode, when the caller has built it already."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"{type(tokenizer).__name__}: sft needs a fast tokenizer (tokenizer.json) to locate the "
+                        "trained tokens")
+    if mask_fallback not in FALLBACKS:
+        raise UserError(f"mask_fallback must be one of {', '.join(FALLBACKS)}; got {mask_fallback!r}")
+    if truncation_mode not in ("keep_start", "keep_end"):
+        raise UserError(f"truncation_mode must be keep_start or keep_end; got {truncation_mode!r}")
+    plan = plan or plan_masks(tokenizer, loss_mode, chat_template)
+    kwargs = dict(tokenizer=tokenizer, plan=plan, loss_mode=loss_mode, max_length=max_length,
+                  truncation_mode=truncation_mode, fallback=mask_fallback, source=source)
+    map_args = dict(batched=True, batch_size=512, with_indices=True, remove_columns=dataset.column_names,
+                    fn_kwargs=kwargs, desc="Rendering, tokenizing and masking")
+    if not use_cache or len(dataset) == 0:
+        return Tokenized(dataset.map(encode_batch, keep_in_memory=True, **map_args), "off", plan)
+    settings = {"loss_mode": loss_mode, "max_length": max_length, "truncation_mode": truncation_mode,
+                "fallback": mask_fallback, "source": source}
+    key = cache_key(dataset, tokenizer, plan, settings)
+    path = cache_root() / f"{key}.arrow"
+    hit = path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = dataset.map(encode_batch, cache_file_name=str(path), load_from_cache_file=True, new_fingerprint=key,
+                       **map_args)
+    return Tokenized(full, "hit" if hit else "miss", plan)
+
+
+def tokenize_dataset(dataset, tokenizer, loss_mode=None, max_length=None, truncation_mode="keep_start",
+                     chat_template=None, source="data", skip_bad_rows=False, max_dropped_fraction=0.5,
+                     keep_stats=False, mask_fallback="context", use_cache=False, plan=None):
+    """Normalised examples -> (dataset of input_ids/labels, stats). Problems raise one UserError naming the row."""
+    from sft.masks.summary import summarise
+
+    tokenized = tokenize_all(dataset, tokenizer, loss_mode, max_length, truncation_mode, chat_template,
+                             mask_fallback, source, use_cache, plan)
+    keep, stats, problems = summarise(tokenized, source, skip_bad_rows, max_dropped_fraction, max_length)
+    if problems:
+        raise UserError(problems[0])
+    result = tokenized.full.select(keep)
+    if not keep_stats:
+        result = result.select_columns(["input_ids", "labels"])
+    return result, stats

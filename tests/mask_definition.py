@@ -1,0 +1,103 @@
+"""The definition of trained tokens, written out literally for the tests (independent of sft.masks' code):
+
+for each assistant turn i, P = the conversation before it rendered with add_generation_prompt=True and
+F = the conversation through it; the trained text is F after P, up to and including the first generation stop
+token; where the template writes no stop token, up to its last special token; where it writes no token after the
+last turn, plus the stop token it writes before the next turn."""
+
+import os
+import re
+
+IGNORE = -100
+
+
+def render(tokenizer, messages, tools=None, generation_prompt=False, **kwargs):
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                         add_generation_prompt=generation_prompt, **kwargs)
+
+
+def specials_of(tokenizer) -> list[str]:
+    tokens = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
+                                                  if t.special}
+    return sorted((t for t in tokens if t), key=len, reverse=True)
+
+
+def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
+    """[(P, trained text)] for every assistant turn, or a string saying why the definition cannot place one."""
+    stops = [t for t in [tokenizer.eos_token, *stops] if t]
+    special = re.compile("|".join(map(re.escape, specials_of(tokenizer))))
+    leading_special = re.compile(r"\s*(" + special.pattern + ")")
+    out = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:i], tools, True, **kwargs)
+        full = render(tokenizer, messages[: i + 1], tools, **kwargs)
+        before = render(tokenizer, messages[:i], tools, **kwargs)
+        common = len(os.path.commonprefix([prompt, full]))
+        if full.startswith(prompt):
+            generated = full[len(prompt):]
+        elif full.startswith(before) and common >= len(before):  # P ends with text F does not follow (R1-Distill)
+            prompt, generated = full[:common], full[common:]
+        else:  # the conversation so far renders differently once the answer follows: align on P's longest end
+            length = next((n for n in range(len(prompt), 0, -1) if prompt[-n:] in full), 0)
+            previous = messages[i - 1].get("content") or ""
+            if not length or (isinstance(previous, str) and previous.strip() not in prompt[-length:]):
+                return f"message {i + 1}: F does not continue P"
+            generated = full[full.index(prompt[-length:]) + length:]
+        hits = [(generated.find(s), s) for s in stops if s in generated]
+        if hits:
+            position, token = min(hits)
+            out.append((prompt, generated[: position + len(token)]))
+            continue
+        ends = [m for m in special.finditer(generated) if not generated[m.end():].strip()]
+        if ends:
+            out.append((prompt, generated[: ends[0].end()]))
+            continue
+        whole = render(tokenizer, messages, tools, **kwargs)
+        match = leading_special.match(whole, len(prompt + generated)) if whole.startswith(prompt + generated) else None
+        if not (match and match.group(1) in stops):
+            probe = render(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                       {"role": "user", "content": "Bye"}], **kwargs)
+            match = leading_special.match(probe.split("Hello", 1)[1])
+        if not (match and match.group(1) in stops):
+            return f"message {i + 1}: no token ends it"
+        out.append((prompt, generated + match.group(0)))
+    return out
+
+
+def runs_of(labels) -> list[tuple[int, int]]:
+    runs, start = [], None
+    for k, label in enumerate(list(labels) + [IGNORE]):
+        if label != IGNORE and start is None:
+            start = k
+        elif label == IGNORE and start is not None:
+            runs.append((start, k))
+            start = None
+    return runs
+
+
+def mismatch(tokenizer, rows, turns) -> str | None:
+    """None when the rows (one conversation's examples, in order) train exactly the turns of the definition: each
+    trained run decodes to the turn's trained text (its first token may merge across the boundary with the header)
+    and the text up to the run's end is exactly P + trained (the turn is trained in the context the model sees)."""
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False,  # noqa: E731
+                                          clean_up_tokenization_spaces=False)
+    k = 0
+    for row in rows:
+        for a, b in runs_of(row["labels"]):
+            if k >= len(turns):
+                return f"more trained runs than the {len(turns)} assistant turns"
+            prompt, trained = turns[k]
+            k += 1
+            ids = row["input_ids"]
+            if row["labels"][a:b] != ids[a:b]:
+                return "labels differ from input_ids inside a trained run"
+            if decode(ids[:b]) != prompt + trained:
+                return f"turn {k}: context {decode(ids[:b])[-120:]!r} != {(prompt + trained)[-120:]!r}"
+            piece, rest = decode(ids[a:b]), decode(ids[a + 1:b])
+            if not (piece.endswith(trained) and trained.endswith(rest) and len(rest) < len(trained)):
+                return f"turn {k}: trained {piece!r} != {trained!r}"
+    if k != len(turns):
+        return f"{k} trained runs for {len(turns)} assistant turns"
+    return None
