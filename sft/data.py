@@ -236,6 +236,11 @@ def check_message(message, number: int) -> dict:
         raise ValueError(f"message {number} has unknown role {role!r}; expected one of {', '.join(ROLES)}{hint}")
     content = message.get("content")
     if isinstance(content, list):  # text parts only: [{"type": "text", "text": ...}], kept for templates that want them
+        media = [p.get("type") for p in content if isinstance(p, dict) and p.get("type") in (
+            "image", "image_url", "video", "audio", "input_audio")]
+        if media:
+            raise ValueError(f"message {number} has {media[0].split('_')[0]} content; vision data is not supported "
+                             "(text parts only)")
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                    for p in content):
             raise ValueError(f"message {number} has non-text content parts; only text is supported")

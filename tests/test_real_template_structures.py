@@ -266,3 +266,56 @@ def test_trained_spans_equal_the_definition(name, data):
 @given(data=st.data())
 def test_trained_spans_equal_the_definition_for_every_template_trl_ships(name, data):
     check_conversation(name, data.draw(conversations(name)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Through the CLI
+
+
+def model_with(tmp_path, tiny_bpe_model, name):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / name
+    shutil.copytree(tiny_bpe_model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    template, specials, _ = STRUCTURES[name]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_preview_marks_reasoning_and_says_when_a_conversation_was_split(tmp_path, tiny_bpe_model):
+    from tests.conftest import run_cli, write_recipe
+
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "one", "reasoning_content": "r1"},
+                {"role": "user", "content": "b"}, {"role": "assistant", "content": "two", "reasoning_content": "r2"}]
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(model_with(tmp_path, tiny_bpe_model,
+                                                                                   "drops_reasoning")),
+                          dataset_name=str(data), output_dir=str(tmp_path / "out"))
+    out = run_cli("preview", recipe, check=True).stdout
+    assert out.count("of a split conversation (the template renders earlier turns differently)") == 2
+    assert "⟦reasoning: r1⟧" in out and "⟦reasoning: r2⟧" in out and "⟦</think>one<|im_end|>⟧" in out
+    check = run_cli("check", recipe)
+    assert "1 conversation(s) split into one example per assistant turn" in check.stdout + check.stderr
+
+
+def test_vision_rows_are_refused_in_one_line(tmp_path, tiny_bpe_model):
+    from tests.conftest import run_cli, write_recipe
+
+    row = {"messages": [{"role": "user", "content": [{"type": "image", "image": "cat.png"},
+                                                     {"type": "text", "text": "What is it?"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]}
+    data = tmp_path / "vision.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_bpe_model), dataset_name=str(data),
+                          output_dir=str(tmp_path / "out"))
+    proc = run_cli("preview", recipe)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {data}:1: message 1 has image content; vision data is not supported (text parts only); fix the "
+        "data or set skip_bad_rows: true to skip and count such rows")

@@ -179,7 +179,11 @@ def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation
                   truncation_mode=truncation_mode, fallback=mask_fallback, source=source)
     map_args = dict(batched=True, batch_size=512, with_indices=True, remove_columns=dataset.column_names,
                     fn_kwargs=kwargs, desc="Rendering, tokenizing and masking")
-    if not use_cache or len(dataset) == 0:
+    if len(dataset) == 0:  # every row was bad: an empty table of the columns the summary reads
+        from datasets import Dataset
+
+        return Tokenized(Dataset(arrow_table({name: [] for name in COLUMNS})), "off", plan)
+    if not use_cache:
         return Tokenized(dataset.map(encode_batch, keep_in_memory=True, **map_args), "off", plan)
     settings = {"loss_mode": loss_mode, "max_length": max_length, "truncation_mode": truncation_mode,
                 "fallback": mask_fallback, "source": source}
