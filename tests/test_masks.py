@@ -383,6 +383,14 @@ def test_cache_is_reused_only_when_data_tokenizer_template_and_settings_are_unch
         "tokenizer": tokenize_all(rows, more_tokens, "assistant", use_cache=True),
         "data": tokenize_all(dataset([{"messages": MULTI}]), tokenizer, "assistant", use_cache=True),
         "settings": tokenize_all(rows, tokenizer, "assistant", max_length=8, use_cache=True),
+        "chat_template_kwargs": tokenize_all(rows, tokenizer, "assistant", use_cache=True, plan=plan_masks(
+            tokenizer, "assistant", template_kwargs={"enable_thinking": False})),
+        "row kwargs": tokenize_all(dataset([{"messages": MULTI, "chat_template_kwargs": {"enable_thinking": False}},
+                                            {"messages": MULTI[:2]}]), tokenizer, "assistant", use_cache=True),
+        "row tools": tokenize_all(dataset([{"messages": MULTI, "tools": [{"type": "function", "function": {
+            "name": "f"}}]}, {"messages": MULTI[:2]}]), tokenizer, "assistant", use_cache=True),
+        "stop tokens": tokenize_all(rows, tokenizer, "assistant", use_cache=True, plan=plan_masks(
+            tokenizer, "assistant", stop_tokens=("<|im_end|>",))),
     }
     assert {name: t.cache for name, t in changed.items()} == dict.fromkeys(changed, "miss")
     assert changed["tokenizer"].full["input_ids"] != first.full["input_ids"]  # "one" is a single token now

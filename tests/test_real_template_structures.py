@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sft.chat_templates import BUILTIN_TEMPLATES, builtin_template
 from sft.masks import encode_batch, plan_masks
-from tests.mask_definition import definition, mismatch
+from tests.mask_definition import definition, mismatch, runs_of
 
 THINK = ("{%- set reasoning = m.reasoning_content if m.reasoning_content is string else "
          "(m.content.split('</think>')[0].split('<think>')[-1] if '</think>' in m.content else '') -%}"
@@ -319,3 +319,70 @@ def test_vision_rows_are_refused_in_one_line(tmp_path, tiny_bpe_model):
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: {data}:1: message 1 has image content; vision data is not supported (text parts only); fix the "
         "data or set skip_bad_rows: true to skip and count such rows")
+
+
+def test_generation_config_stop_tokens_end_turns_that_have_no_token_of_their_own(tmp_path, tiny_bpe_model):
+    """GLM-like: the model's generation_config.json lists <|u|> and <|obs|>; without them every row is refused,
+    naming the token to add."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from tests.conftest import run_cli, write_recipe
+
+    folder = model_with(tmp_path, tiny_bpe_model, "no_end_token")
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
+                                             {"role": "assistant", "content": "one"},
+                                             {"role": "user", "content": "b"},
+                                             {"role": "assistant", "content": "two"}]}) + "\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(folder), dataset_name=str(data),
+                          output_dir=str(tmp_path / "out"))
+    refused = run_cli("preview", recipe)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        f"error: {data}:1: no token ends assistant message 4: the template ends it only with the next turn's <|u|>, "
+        "which is not a generation stop token of the model; add its id to eos_token_id in the model's "
+        "generation_config.json; fix the data or set skip_bad_rows: true to skip and count such rows")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    GenerationConfig(eos_token_id=tokenizer.convert_tokens_to_ids(["</s>", "<|u|>", "<|obs|>"])).save_pretrained(folder)
+    row = json.loads(run_cli("preview", recipe, "--json", check=True).stdout.splitlines()[-1])
+    pieces = [tokenizer.decode(row["input_ids"][a:b]) for a, b in runs_of(row["labels"])]
+    assert pieces == ["one<|u|>", "two<|u|>"]  # the last turn's stop token appended
+
+
+def test_chat_template_kwargs_from_the_recipe_and_per_row(tmp_path, tiny_bpe_model):
+    from transformers import AutoTokenizer
+
+    from tests.conftest import run_cli, write_recipe
+
+    STRUCTURES["kwargs"] = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                            "{% if add_generation_prompt %}<|im_start|>assistant\n{% if not thinking %}"
+                            "<think></think>{% endif %}{% endif %}", [], [])
+    try:
+        folder = model_with(tmp_path, tiny_bpe_model, "kwargs")
+    finally:
+        del STRUCTURES["kwargs"]
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think></think>one"}]
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n" +
+                    json.dumps({"messages": messages, "chat_template_kwargs": {"thinking": False}}) + "\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(folder), dataset_name=str(data),
+                          output_dir=str(tmp_path / "out"), chat_template_kwargs={"thinking": True})
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [json.loads(line) for line in run_cli("preview", recipe, "--json", check=True).stdout.splitlines()
+            if line.startswith("{")]
+    pieces = [[tokenizer.decode(r["input_ids"][a:b]) for a, b in runs_of(r["labels"])] for r in rows]
+    assert pieces == [["<think></think>one<|im_end|>"], ["one<|im_end|>"]]
+
+
+def test_invalid_jinja_is_named_with_jinjas_message_and_line(tmp_path, tiny_bpe_model):
+    from tests.conftest import run_cli, write_recipe
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "a"},
+                                             {"role": "assistant", "content": "b"}]}) + "\n")
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_bpe_model), dataset_name=str(data),
+                          output_dir=str(tmp_path / "out"),
+                          chat_template="{% for m in messages %}\n{{ m.content }\n{% endfor %}")
+    proc = run_cli("preview", recipe)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: the chat template is not valid Jinja: unexpected '}' (template line 2)")
