@@ -1,8 +1,8 @@
 """Preprocessing speed: sft's render/tokenize/mask against TRL 1.16's own SFTTrainer dataset preparation.
 
 Synthetic multi-turn conversations (default 20,000), a byte-level BPE tokenizer built locally (sft.tiny, nothing
-downloaded) and a chat template TRL ships a training version of (default Qwen2.5), so that TRL's
-`assistant_only_loss=True` works and the labels of both can be compared token for token. Both start from the same
+downloaded, with the template's special tokens added) and a chat template TRL ships a training version of
+(default Llama 3, whose TRL masks train what sft trains), so that TRL's `assistant_only_loss=True` works and the labels of both can be compared token for token. Both start from the same
 in-memory dataset of {"messages": [...]} rows, in one process, one after the other. TRL's side is
 `SFTTrainer._prepare_dataset`, the preparation SFTTrainer runs on its train dataset; sft's side is the path
 `sft train` takes (validate and normalise every row, then render, tokenize and mask). Prints examples/s of each,
@@ -14,6 +14,7 @@ the ratio, whether the labels are identical, and the time of a second sft pass s
 import argparse
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -74,7 +75,8 @@ def sft_prepare(dataset, tokenizer, use_cache: bool):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=20_000)
-    parser.add_argument("--template", default="qwen2_5", help="a TRL template with a training version")
+    parser.add_argument("--template", default="llama3", help="a TRL template with a training version whose masks "
+                        "train what sft trains (see README, Versus TRL)")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -93,6 +95,8 @@ def main(argv=None):
     rows = conversations(options.examples, options.seed)
     tokenizer = build_tokenizer("bpe", chat_template=template,
                                 corpus=[m["content"] for r in rows[:2000] for m in r["messages"]])
+    specials = sorted(set(re.findall(r"<\|[A-Za-z0-9_]+\|>", template)))  # as the real tokenizer has them
+    tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
     dataset = Dataset.from_list(rows)
     print(f"{len(dataset):,} conversations, {sum(len(r['messages']) for r in rows):,} messages, template "
           f"{options.template}, BPE tokenizer of {len(tokenizer)} tokens, {os.cpu_count()} CPUs", flush=True)
