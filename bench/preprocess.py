@@ -2,13 +2,14 @@
 
 Synthetic multi-turn conversations (default 20,000), a byte-level BPE tokenizer built locally (sft.tiny, nothing
 downloaded, with the template's special tokens added) and a chat template TRL ships a training version of
-(default Llama 3, whose TRL masks train what sft trains), so that TRL's `assistant_only_loss=True` works and the labels of both can be compared token for token. Both start from the same
-in-memory dataset of {"messages": [...]} rows, in one process, one after the other. TRL's side is
-`SFTTrainer._prepare_dataset`, the preparation SFTTrainer runs on its train dataset; sft's side is the path
-`sft train` takes (validate and normalise every row, then render, tokenize and mask). Prints examples/s of each,
-the ratio, whether the labels are identical, and the time of a second sft pass served by the cache.
+(default Llama 3, whose TRL masks train what sft trains), so that TRL's `assistant_only_loss=True` works and the
+labels of both can be compared token for token. Both start from the same in-memory dataset of {"messages": [...]}
+rows, in one process, one after the other. TRL's side is `SFTTrainer._prepare_dataset`, the preparation
+SFTTrainer runs on its train dataset; sft's side is the path `sft train` takes (validate and normalise every row,
+then render, tokenize and mask). Prints examples/s of each, the ratio, whether the labels are identical, and the
+time of a second sft pass served by the cache.
 
-    python bench/preprocess.py [--examples 20000] [--template qwen2_5] [--seed 0]
+    python bench/preprocess.py [--examples 20000] [--template llama3] [--seed 0]
 """
 
 import argparse

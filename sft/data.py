@@ -209,6 +209,7 @@ def detect_format(columns, forced: str | None = None, source: str = "data", text
     )
 
 
+MEDIA_PARTS = {"image": "image", "image_url": "image", "video": "video", "audio": "audio", "input_audio": "audio"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool", "function_call": "assistant", "observation": "tool"}
 
@@ -236,10 +237,9 @@ def check_message(message, number: int) -> dict:
         raise ValueError(f"message {number} has unknown role {role!r}; expected one of {', '.join(ROLES)}{hint}")
     content = message.get("content")
     if isinstance(content, list):  # text parts only: [{"type": "text", "text": ...}], kept for templates that want them
-        media = [p.get("type") for p in content if isinstance(p, dict) and p.get("type") in (
-            "image", "image_url", "video", "audio", "input_audio")]
+        media = [MEDIA_PARTS[p.get("type")] for p in content if isinstance(p, dict) and p.get("type") in MEDIA_PARTS]
         if media:
-            raise ValueError(f"message {number} has {media[0].split('_')[0]} content; vision data is not supported "
+            raise ValueError(f"message {number} has {media[0]} content; vision (and audio) data is not supported "
                              "(text parts only)")
         if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                    for p in content):

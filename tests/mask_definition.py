@@ -114,3 +114,16 @@ def byte_length(tokenizer, ids) -> int:
     for token in tokenizer.convert_ids_to_tokens(ids):
         total += len(token.encode()) if token in specials else sum(1 for char in token if char in byte_of)
     return total
+
+
+def template_tokenizer(template: str, specials=None):
+    """A byte-level BPE tokenizer with `template`, and its special tokens (found in the template when not given)
+    added as a real model's tokenizer has them."""
+    from sft.tiny import build_tokenizer
+
+    if specials is None:
+        specials = sorted(set(re.findall(r"<\|[A-Za-z0-9_]+\|>|<\|[a-z_]+>|<[a-z_]+\|>|<[a-z_]+>|\[/?[A-Z_]+\]|"
+                                         r"<｜[^｜]+｜>", template)))
+    tokenizer = build_tokenizer("bpe", chat_template=template)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(specials)}, replace_extra_special_tokens=False)
+    return tokenizer

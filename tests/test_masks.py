@@ -2,7 +2,6 @@
 TRL's where TRL can mask; failures named; truncation counted; packing keeps each sequence's labels; the cache."""
 
 import json
-import re
 from functools import lru_cache
 
 import pytest
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 from sft.chat_templates import BUILTIN_TEMPLATES, set_template
 from sft.errors import UserError
 from sft.masks import IGNORE, encode_batch, plan_masks, tokenize_all, tokenize_dataset
-from tests.mask_definition import definition, mismatch
+from tests.mask_definition import definition, mismatch, template_tokenizer
 
 END_TOKENS = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "</s>", "zephyr": "</s>",
               "gemma": "<end_of_turn>", "alpaca": "</s>"}
@@ -120,16 +119,6 @@ def trl_template_pairs() -> dict[str, tuple[str, str]]:
             if isinstance(getattr(ctu, base, None), str):
                 pairs[base[: -len("_chat_template")]] = (getattr(ctu, base), getattr(ctu, attribute))
     return pairs
-
-
-def template_tokenizer(template: str):
-    from sft.tiny import build_tokenizer
-
-    tokenizer = build_tokenizer("bpe", chat_template=template)
-    specials = sorted(set(re.findall(r"<\|[A-Za-z0-9_]+\|>|<\|[a-z_]+>|<[a-z_]+\|>|<[a-z_]+>|\[/?[A-Z_]+\]|<｜[^｜]+｜>",
-                                 template)))
-    tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
-    return tokenizer
 
 
 def without_trailing_whitespace(tokenizer, ids, mask):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from sft.chat_templates import BUILTIN_TEMPLATES, builtin_template
 from sft.masks import encode_batch, plan_masks
-from tests.mask_definition import definition, mismatch, runs_of
+from tests.mask_definition import definition, mismatch, runs_of, template_tokenizer
 
 THINK = ("{%- set reasoning = m.reasoning_content if m.reasoning_content is string else "
          "(m.content.split('</think>')[0].split('<think>')[-1] if '</think>' in m.content else '') -%}"
@@ -85,22 +85,14 @@ def trl_templates() -> dict[str, str]:
 @lru_cache(maxsize=None)
 def tokenizer_for(name: str):
     """(tokenizer, generation stop tokens) with the template's special tokens added, as for a real model."""
-    import re
-
-    from sft.tiny import build_tokenizer
-
-    stops = []
+    stops, specials = [], None
     if name in STRUCTURES:
         template, specials, stops = STRUCTURES[name]
     elif name in BUILTIN_TEMPLATES:
         template, specials = builtin_template(name), BUILTIN_TEMPLATES[name]
     else:
         template = trl_templates()[name]
-        specials = sorted(set(re.findall(r"<\|[A-Za-z0-9_]+\|>|<\|[a-z_]+>|<[a-z_]+\|>|<[a-z_]+>|\[/?[A-Z_]+\]|"
-                                         r"<｜[^｜]+｜>", template)))
-    tokenizer = build_tokenizer("bpe", chat_template=template)
-    tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
-    return tokenizer, tuple(stops)
+    return template_tokenizer(template, specials), tuple(stops)
 
 
 def rows_for(name, messages, tools=None, fallback="context", kwargs=None):
@@ -171,11 +163,8 @@ def test_a_turn_without_its_own_end_token_ends_with_the_stop_token_that_follows_
 
 
 def test_without_the_stop_token_in_the_generation_config_the_row_says_which_token_to_set():
-    from sft.tiny import build_tokenizer
-
     template, specials, _ = STRUCTURES["no_end_token"]
-    tokenizer = build_tokenizer("bpe", chat_template=template)
-    tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
+    tokenizer = template_tokenizer(template, specials)
     plan = plan_masks(tokenizer, "assistant")
     example = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     table = encode_batch({"example": [json.dumps(example)]}, [0], tokenizer, plan, "assistant", None, "keep_start",
@@ -317,8 +306,8 @@ def test_vision_rows_are_refused_in_one_line(tmp_path, tiny_bpe_model):
     proc = run_cli("preview", recipe)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {data}:1: message 1 has image content; vision data is not supported (text parts only); fix the "
-        "data or set skip_bad_rows: true to skip and count such rows")
+        f"error: {data}:1: message 1 has image content; vision (and audio) data is not supported (text parts "
+        "only); fix the data or set skip_bad_rows: true to skip and count such rows")
 
 
 def test_generation_config_stop_tokens_end_turns_that_have_no_token_of_their_own(tmp_path, tiny_bpe_model):
@@ -342,7 +331,8 @@ def test_generation_config_stop_tokens_end_turns_that_have_no_token_of_their_own
         "which is not a generation stop token of the model; add its id to eos_token_id in the model's "
         "generation_config.json; fix the data or set skip_bad_rows: true to skip and count such rows")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    GenerationConfig(eos_token_id=tokenizer.convert_tokens_to_ids(["</s>", "<|u|>", "<|obs|>"])).save_pretrained(folder)
+    stops = tokenizer.convert_tokens_to_ids(["</s>", "<|u|>", "<|obs|>"])
+    GenerationConfig(eos_token_id=stops).save_pretrained(folder)
     row = json.loads(run_cli("preview", recipe, "--json", check=True).stdout.splitlines()[-1])
     pieces = [tokenizer.decode(row["input_ids"][a:b]) for a, b in runs_of(row["labels"])]
     assert pieces == ["one<|u|>", "two<|u|>"]  # the last turn's stop token appended

@@ -85,7 +85,8 @@ def show(rows, tokenizer, stats) -> None:
     for index, row in enumerate(rows):
         split = (f" · turn {row['part']} of a split conversation (the template renders earlier turns differently)"
                  if row["part"] else "")
-        header = f"── example {index + 1} · {row['where']} · {row['length']} tokens, {row['trained']} trained{split} "
+        header = (f"── example {index + 1} · {row['where']} · {row['length']} tokens, {row['trained']} trained"
+                  f"{split} ")
         console.print(Text(header + "─" * max(0, 78 - len(header)), style="bold" if colour else ""))
         text = Text()
         for kind, trained, ids in segments(row):

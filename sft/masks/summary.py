@@ -36,7 +36,8 @@ def summarise(tokenized, source: str, skip_bad_rows: bool, max_dropped_fraction:
         "trained_tokens": sum(trained[i] for i in keep),
         "truncated": sum(1 for i in keep if truncated[i]),
         "fallback": sum(1 for i in keep if fallback[i]),
-        "split": sum(1 for part in parts if part == 1),  # conversations split into one example per turn (or group)
+        # conversations the template made split (split_turns, asked for, is not counted)
+        "split": sum(1 for part, fell_back in zip(parts, fallback) if part == 1 and not fell_back),
         "length_percentiles": percentiles(kept_lengths),
         "cache": tokenized.cache,
         "masks": tokenized.plan.description,
