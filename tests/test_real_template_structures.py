@@ -376,3 +376,17 @@ def test_invalid_jinja_is_named_with_jinjas_message_and_line(tmp_path, tiny_bpe_
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: the chat template is not valid Jinja: unexpected '}' (template line 2)")
+
+
+def test_text_the_generation_prompt_adds_before_its_header_is_not_trained_and_the_header_is_not_either():
+    """The generation prompt writes a reminder before the assistant header that the rendered answer lacks: the
+    answer starts after the header both hold."""
+    template = ("{% for m in messages %}<|h|>{{ m.role }}\n{{ m.content }}<|e|>{% endfor %}"
+                "{% if add_generation_prompt %}<|r|>be brief<|h|>assistant\n{% endif %}")
+    STRUCTURES["reminder"] = (template, ["<|h|>", "<|e|>", "<|r|>"], ["<|e|>"])
+    try:
+        messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "one"}]
+        tokenizer, _, rows = rows_for("reminder", messages)
+        assert trained(tokenizer, rows) == ["one<|e|>"]
+    finally:
+        del STRUCTURES["reminder"]

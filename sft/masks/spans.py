@@ -93,6 +93,20 @@ def generation_start(prompt: str, full: str, previous: dict, number: int) -> int
     return full.index(prompt[-low:]) + low
 
 
+def header_length(plan: MaskPlan, prompt_tail: str, full_tail: str) -> int:
+    """How much of the rendering after the conversation so far still belongs to the prompt: the longest start it
+    shares with the generation prompt (never cutting a special token), or the longest end of the generation prompt
+    that opens with a special token and that it starts with (the assistant header)."""
+    shared = len(os.path.commonprefix([prompt_tail, full_tail]))
+    for match in plan.special_run.finditer(prompt_tail) if plan.special_run is not None else ():
+        if match.start(1) < shared < match.end():
+            shared = match.start(1)
+    header = next((n for n in range(len(prompt_tail), 0, -1) if full_tail.startswith(prompt_tail[-n:])
+                   and plan.special_run is not None and plan.special_run.match(prompt_tail, len(prompt_tail) - n)),
+                  0)
+    return max(shared, header)
+
+
 def end_of_generation(plan: MaskPlan, generated: str) -> int | None:
     """The end of the first generation stop token in the generated text; else of the template's own closer."""
     hits = [(generated.find(token), token) for token in plan.stop_tokens if token in generated]
@@ -131,12 +145,12 @@ def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
     if full.startswith(prompt):
         start = len(prompt)
     else:
-        before, common = conversation.render(i), len(os.path.commonprefix([prompt, full]))
-        if full.startswith(before) and common >= len(before):
-            # The generation prompt ends with text the answer does not follow (R1-Distill's "<think>\n"): the
-            # answer starts where the two part, after the header both hold.
-            prompt = full[:common]
-            start = common
+        before = conversation.render(i)
+        if full.startswith(before) and prompt.startswith(before):
+            # The generation prompt holds text the answer does not follow (R1-Distill's "<think>\n", a reminder
+            # before the header): the answer starts after what both share, or after the prompt's header.
+            start = len(before) + header_length(plan, prompt[len(before):], full[len(before):])
+            prompt = full[:start]
         else:
             start = generation_start(prompt, full, conversation.messages[i - 1], number)
     generated = full[start:]
