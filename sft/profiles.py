@@ -40,6 +40,8 @@ PROFILES = {
     for p in (
         Profile("single_gpu", None, summary="one GPU, no sharding"),
         Profile("multi_gpu", None, summary="DDP: the whole model on every GPU"),
+        Profile("zero1", 1, deepspeed_config="deepspeed_configs/zero1.json",
+                summary="DeepSpeed ZeRO-1: optimizer states sharded"),
         Profile("zero2", 2, deepspeed_config="deepspeed_configs/zero2.json",
                 summary="DeepSpeed ZeRO-2: gradients and optimizer states sharded"),
         Profile("zero3", 3, deepspeed_config="deepspeed_configs/zero3.json",

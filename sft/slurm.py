@@ -139,6 +139,11 @@ def launch_arguments(job: SlurmJob, profile: Path | None) -> list[str]:
         deepspeed_file = deepspeed_config_file(profile)
         if deepspeed_file:
             args += ["--deepspeed_config_file", shlex.quote(deepspeed_file)]
+            if job.nodes > 1:
+                # torchrun on each node, one world. accelerate's default (pdsh) runs DeepSpeed's own launcher on
+                # every node, which finds no hostfile and trains there alone. The profiles say so too; a user's
+                # own config may not.
+                args += ["--deepspeed_multinode_launcher", "standard"]
     elif job.world_size > 1:
         args += ["--multi_gpu"]  # torchrun launcher; on CPU sft picks gloo itself
     if not job.gpus_per_node:

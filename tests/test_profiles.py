@@ -42,6 +42,8 @@ def test_every_profile_has_a_config_and_deepspeed_leaves_batch_sizes_to_the_reci
         assert "mixed_precision" not in config
         assert config["deepspeed_config"]["deepspeed_config_file"] == profile.deepspeed_config
         assert config["deepspeed_config"]["zero3_init_flag"] is (profile.zero_stage == 3)
+        # torchrun on every node: accelerate's default runs DeepSpeed's pdsh launcher on each, and each trains alone
+        assert config["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
         ds = json.loads((REPO / profile.deepspeed_config).read_text())
         for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                     "gradient_clipping"):
