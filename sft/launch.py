@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from sft.errors import UserError
-from sft.profiles import PROFILES, ROOT, applicable, check_combination, profile_named
+from sft.profiles import PROFILES, RUN_SCRIPT, applicable, check_combination, profile_named
 
 
 def detect(num_processes: int | None) -> tuple[bool, int, float]:
@@ -28,7 +28,7 @@ def detect(num_processes: int | None) -> tuple[bool, int, float]:
 def accelerate_command(profile: str, processes: int, recipe: str | None, overrides) -> list[str]:
     """Absolute paths, so the command works from any directory."""
     return [sys.executable, "-m", "accelerate.commands.launch", *PROFILES[profile].accelerate_args(processes),
-            str(ROOT / "sft" / "run.py"), *([recipe] if recipe else []), *overrides]
+            str(RUN_SCRIPT), *([recipe] if recipe else []), *overrides]
 
 
 def choose(recipe, recipe_address: str, profile: str, on_gpu: bool, processes: int, memory_gb: float,

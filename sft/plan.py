@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
-from sft.profiles import PROFILES, ROOT, Profile, applicable
+from sft.profiles import PACKAGE, PROFILES, ROOT, RUN_SCRIPT, Profile, applicable
 
 GB = 1e9
 GiB = 2**30
@@ -291,10 +291,10 @@ def launch_command(profile: str, recipe_address: str, processes: int, nodes: int
     """The exact `accelerate launch` line; paths relative to the repository when run from it, else absolute."""
     import shlex
 
-    here = Path.cwd().resolve() == ROOT
+    here = Path.cwd().resolve() == ROOT == PACKAGE.parent  # in the checkout
     options = (["--config_file", f"accelerate_configs/{profile}.yaml", "--num_processes", str(processes)] if here
                else PROFILES[profile].accelerate_args(processes))
-    run = "sft/run.py" if here else str(ROOT / "sft" / "run.py")
+    run = "sft/run.py" if here else str(RUN_SCRIPT)
     parts = ["accelerate", "launch", *options]
     if nodes > 1:
         parts += ["--num_machines", str(nodes), "--machine_rank", "NODE_RANK", "--main_process_ip", "NODE0_ADDRESS",

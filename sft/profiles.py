@@ -11,7 +11,12 @@ from pathlib import Path
 
 from sft.errors import UserError
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: accelerate_configs/ and deepspeed_configs/ live here
+PACKAGE = Path(__file__).resolve().parent
+RUN_SCRIPT = PACKAGE / "run.py"  # what `accelerate launch` runs
+# The folder holding accelerate_configs/ and deepspeed_configs/: the top of a checkout (or an editable install),
+# where users type those paths; installed from a wheel, the package itself, which carries the same files
+# (pyproject.toml maps them in).
+ROOT = PACKAGE.parent if (PACKAGE.parent / "accelerate_configs").is_dir() else PACKAGE
 ACCELERATE_CONFIGS = ROOT / "accelerate_configs"
 
 
@@ -20,7 +25,7 @@ class Profile:
     name: str
     zero_stage: int | None  # None: no DeepSpeed
     offload: bool = False  # ZeRO-3 with weights and optimizer states in CPU memory
-    deepspeed_config: str | None = None  # relative to the repository root
+    deepspeed_config: str | None = None  # relative to ROOT
     summary: str = ""
 
     @property
@@ -29,7 +34,7 @@ class Profile:
 
     def accelerate_args(self, processes: int) -> list[str]:
         """`accelerate launch` options for this profile, with absolute paths so they work from any directory (the
-        profile names its DeepSpeed file relative to the repository)."""
+        profile names its DeepSpeed file relative to ROOT)."""
         args = ["--config_file", str(self.config_file), "--num_processes", str(processes)]
         return args + (["--deepspeed_config_file", str(ROOT / self.deepspeed_config)] if self.deepspeed_config else [])
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.profiles import ACCELERATE_CONFIGS, ROOT, RUN_SCRIPT  # standard library only
 
 # The batch script names a file here; the training processes stop at the next step boundary once it exists.
 STOP_FILE_ENV = "SFT_STOP_FILE"
@@ -57,21 +58,15 @@ class SlurmJob:
         return self.nodes * self.per_node
 
 
-def profiles_dir() -> Path:
-    from sft.profiles import ACCELERATE_CONFIGS
-
-    return ACCELERATE_CONFIGS
-
-
 def profile_path(profile: str) -> Path:
     """A profile name (accelerate_configs/NAME.yaml) or a path to an accelerate config file."""
     candidate = Path(profile)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate.resolve()
-    named = profiles_dir() / f"{profile}.yaml"
+    named = ACCELERATE_CONFIGS / f"{profile}.yaml"
     if named.is_file():
         return named
-    known = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+    known = sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))
     raise UserError(f"--profile {profile}: no such profile; choose one of {', '.join(known) or '(none installed)'} "
                     "or give the path to an accelerate config file")
 
@@ -156,19 +151,15 @@ def launch_arguments(job: SlurmJob, profile: Path | None) -> list[str]:
 
 
 def deepspeed_config_file(profile: Path) -> str | None:
-    """A profile names its DeepSpeed JSON relative to the repository; the job runs in the user's folder."""
+    """A profile names its DeepSpeed JSON relative to sft's profile folder; the job runs in the user's folder."""
     import yaml
 
     config = yaml.safe_load(Path(profile).read_text()) or {}
     name = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
     if not name or Path(name).is_absolute():
         return name
-    in_repo = profiles_dir().parent / name
-    return str(in_repo if in_repo.is_file() else (Path(profile).parent / name).resolve())
-
-
-def run_script() -> Path:
-    return Path(__file__).resolve().parent / "run.py"
+    ours = ROOT / name
+    return str(ours if ours.is_file() else (Path(profile).parent / name).resolve())
 
 
 def recipe_argument(recipe: str) -> str:
@@ -199,7 +190,7 @@ def build_script(job: SlurmJob, command_line: str = "") -> str:
 
     training = [shlex.quote(recipe_argument(job.recipe)), *map(shlex.quote, job.overrides)]
     task = " ".join(["exec accelerate launch", *launch_arguments(job, profile),
-                     shlex.quote(str(run_script())), *training])
+                     shlex.quote(str(RUN_SCRIPT)), *training])
 
     lines = ["#!/bin/bash"]
     if command_line:
