@@ -63,7 +63,8 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
     on_gpu, processes, memory_gb = detect(num_processes or recipe.sft.num_processes)
     name, why = choose(recipe, recipe_address or "...", profile, on_gpu, processes, memory_gb, asked_by)
     # The run repeats these checks and fixes in every process; here they refuse before anything starts.
-    check_combination(recipe, PROFILES[name].zero_stage, processes, on_gpu)
+    chosen = PROFILES[name]
+    check_combination(recipe, chosen.zero_stage, processes, on_gpu, chosen.read_deepspeed_config(), chosen.fsdp)
     cmd = accelerate_command(name, processes, recipe_address, overrides)
     say(f"profile {name} ({why}), {processes} {'GPU' if on_gpu else 'CPU'} process{'es' * (processes > 1)}")
     say("accelerate launch " + shlex.join(cmd[3:]))

@@ -29,7 +29,8 @@ CASES = [
     ("multi_gpu", "full", [], "2 processes over gloo"),
     ("zero2", "full", [], "2 processes over gloo"),
     ("zero3", "full", [], "2 processes over gloo"),
-    ("zero3_offload", "full", [], "2 processes over gloo"),
+    ("zero3_offload", "full", [],
+     "optimizer: the recipe's optim adamw_torch_fused, stepping on the CPU copy of the weights (optimizer offload)"),
     ("zero3", "lora", ["--gradient_checkpointing_kwargs", '{"use_reentrant": false}'],
      "gradient_checkpointing_kwargs.use_reentrant false -> true"),
     ("zero3_qlora", "qlora", ["--bnb_4bit_quant_storage", "uint8"], "bnb_4bit_quant_storage uint8 -> float32"),
@@ -155,6 +156,13 @@ def test_profile_trains_saves_and_resumes(profile, method, extra, said, base_rec
     losses_a = losses(run_a)
     assert sorted(losses_a) == list(range(1, STEPS + 1))
     assert losses_a[1] == pytest.approx(single_process_first_loss(method), rel=1e-4)
+
+    if profile == "zero3_offload":  # the recipe's optim ran (torch's fused AdamW), not DeepSpeed's CPU Adam
+        import torch
+
+        optim_file = next((run_a / f"checkpoint-{STEPS}").glob("global_step*/*rank_0_mp_rank_00_optim_states.pt"))
+        saved = torch.load(optim_file, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        assert saved["optimizer_state_dict"]["param_groups"][0]["fused"] is True
 
     # Saves: the final model/adapter holds the weights gathered from the run's own last checkpoint.
     if method == "full":
