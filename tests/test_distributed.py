@@ -22,11 +22,12 @@ from tests.conftest import REPO, run_cli, write_recipe
 pytestmark = pytest.mark.slow
 
 STEPS, SAVE_EVERY, PER_DEVICE, PROCESSES = 4, 2, 2, 2
-# (profile, method, extra recipe keys, the line sft must print): DDP, ZeRO-2, ZeRO-3 full fine-tuning,
+# (profile, method, extra recipe keys, the line sft must print): DDP, ZeRO-1, ZeRO-2, ZeRO-3 full fine-tuning,
 # ZeRO-3 + LoRA, ZeRO-3 + QLoRA. The last two start from settings known to fail under ZeRO-3 (trl#2514,
 # alignment-handbook#42), which the check at the start of the run fixes.
 CASES = [
     ("multi_gpu", "full", [], "2 processes over gloo"),
+    ("zero1", "full", [], "2 processes over gloo"),
     ("zero2", "full", [], "2 processes over gloo"),
     ("zero3", "full", [], "2 processes over gloo"),
     ("zero3_offload", "full", [],
