@@ -20,7 +20,7 @@ from tests.conftest import REPO, write_recipe
 
 pytestmark = pytest.mark.slow
 
-SOURCES = ["pyproject.toml", "README.md", "sft", "accelerate_configs", "deepspeed_configs"]
+SOURCES = ["pyproject.toml", "setup.py", "README.md", "sft", "accelerate_configs", "deepspeed_configs"]
 
 
 def run(cmd, **kwargs):
