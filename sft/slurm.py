@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
-from sft.profiles import ACCELERATE_CONFIGS, ROOT, RUN_SCRIPT  # standard library only
+from sft.profiles import ACCELERATE_CONFIGS, PROFILES, ROOT, RUN_SCRIPT, applicable  # standard library only
 
 # The batch script names a file here; the training processes stop at the next step boundary once it exists.
 STOP_FILE_ENV = "SFT_STOP_FILE"
@@ -257,10 +257,14 @@ def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, mode
 
     recipe = load_recipe(job.recipe, job.overrides)
     if not job.gpus_per_node:
+        named = PROFILES.get(profile_path(profile).stem) if profile not in (None, "auto") else None
+        if named is not None and named.fsdp:
+            raise UserError(f"--profile {named.name} with CPU processes: FSDP runs on GPUs only (accelerate ignores "
+                            "its FSDP plugin on CPU); use --gpus-per-node, or the zero3 or zero3_qlora profile")
         return None if profile in (None, "auto") else profile
     if profile is None:
         profile = "auto" if gpu_memory is not None else ("multi_gpu" if job.world_size > 1 else "single_gpu")
-    from sft import plan, profiles
+    from sft import plan
 
     where = f"{job.nodes} node(s) x {job.gpus_per_node} GPU(s)"
     if profile == "auto":
@@ -273,9 +277,8 @@ def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, mode
             raise UserError(f"{job.recipe} on {where} of {gpu_memory:g} GB: {plan.recommendation_advice(report)}")
         return report["recommended"]
     name = profile_path(profile).stem
-    if name in profiles.PROFILES:
-        why = profiles.applicable(profiles.PROFILES[name], recipe.sft.method, bool(recipe.model.load_in_8bit),
-                                  job.world_size)
+    if name in PROFILES:
+        why = applicable(PROFILES[name], recipe.sft.method, bool(recipe.model.load_in_8bit), job.world_size)
         if why:
             raise UserError(f"--profile {name} cannot run {job.recipe} on {where}: {why}; change the profile or the "
                             "GPU count (`sft plan` shows which fit)")

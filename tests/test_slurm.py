@@ -141,6 +141,14 @@ def test_bad_requests_fail_with_one_line(tmp_path, tiny_model, args, message):
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
+def test_fsdp_on_cpu_processes_is_refused_before_queueing(tmp_path, tiny_model):
+    recipe = tiny_recipe(tmp_path, tiny_model)
+    proc = run_cli("slurm", recipe, "--nodes", "2", "--cpu", "--profile", "fsdp2", "-o", tmp_path / "job.sbatch")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--profile fsdp2 with CPU processes: FSDP runs on GPUs only" in proc.stderr
+    assert not (tmp_path / "job.sbatch").exists()
+
+
 def test_a_70b_qlora_profile_that_cannot_fit_is_refused():
     recipe = REPO / "recipes" / "tiers" / "llama-3.1-70b-qlora-2x80gb.yaml"
     config = REPO / "recipes" / "tiers" / "configs" / "Llama-3.1-70B" / "config.json"
