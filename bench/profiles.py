@@ -14,7 +14,8 @@ per device / the device's dense bf16 peak (A100 312, H100/H200 989 TFLOP/s, or -
 
 On a machine without a GPU it prints the planner's estimates only, unless --cpu asks for the same measurement on
 CPU processes over gloo (float32, peak memory = each process's peak resident set, sft's tiny Llama by default).
-DeepSpeed profiles are skipped with a note when deepspeed is not installed.
+DeepSpeed profiles are skipped with a note when deepspeed is not installed; FSDP2 profiles are measured on GPUs
+and skipped with a note under --cpu (accelerate applies FSDP to GPU runs only).
 """
 
 import argparse
@@ -228,6 +229,9 @@ def run_profile(name: str, profile, gpus: int, recipe_path: Path, work: Path, wa
     if profile.deepspeed_config and importlib.util.find_spec("deepspeed") is None:
         return {**result, "status": "skipped", "reason": "deepspeed is not installed "
                 "(pip install --no-build-isolation deepspeed)"}
+    if profile.fsdp and env is not None:  # --cpu
+        return {**result, "status": "skipped", "reason": "FSDP runs on GPUs only (accelerate ignores its plugin on "
+                "CPU)"}
     out, report = work / f"run-{name}", work / f"report-{name}"
     report.mkdir()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *profile.accelerate_args(gpus),
@@ -258,7 +262,7 @@ def print_table(results: list[dict], memory_column: str) -> None:
     print(f"{'profile':14s} {'tokens/s/dev':>12s} {'MFU':>6s} {memory_column:>13s} {'reserved GB':>11s} "
           f"{'estimate GB':>11s}  status")
     for r in results:
-        status = {"ok": f"ok ({r['seconds']:.0f} s)"}.get(r["status"], f"{r['status']}: {r['reason']}")
+        status = f"ok ({r['seconds']:.0f} s)" if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
         print(f"{r['name']:14s} {number(r['tokens_per_second_per_device'], form='{:.0f}'):>12s} "
               f"{number(r['mfu'], 0.01, '{:.1f}%'):>6s} {number(r['peak_allocated_bytes'], GB, '{:.2f}'):>13s} "
               f"{number(r['peak_reserved_bytes'], GB, '{:.2f}'):>11s} {number(r['estimate_bytes'], GB, '{:.2f}'):>11s}"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from sft.errors import UserError
-from sft.profiles import PROFILES, ROOT, applicable, check_combination, profile_named
+from sft.profiles import PROFILES, RUN_SCRIPT, applicable, check_combination, profile_named
 
 
 def detect(num_processes: int | None) -> tuple[bool, int, float]:
@@ -28,7 +28,7 @@ def detect(num_processes: int | None) -> tuple[bool, int, float]:
 def accelerate_command(profile: str, processes: int, recipe: str | None, overrides) -> list[str]:
     """Absolute paths, so the command works from any directory."""
     return [sys.executable, "-m", "accelerate.commands.launch", *PROFILES[profile].accelerate_args(processes),
-            str(ROOT / "sft" / "run.py"), *([recipe] if recipe else []), *overrides]
+            str(RUN_SCRIPT), *([recipe] if recipe else []), *overrides]
 
 
 def choose(recipe, recipe_address: str, profile: str, on_gpu: bool, processes: int, memory_gb: float,
@@ -63,7 +63,8 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
     on_gpu, processes, memory_gb = detect(num_processes or recipe.sft.num_processes)
     name, why = choose(recipe, recipe_address or "...", profile, on_gpu, processes, memory_gb, asked_by)
     # The run repeats these checks and fixes in every process; here they refuse before anything starts.
-    check_combination(recipe, PROFILES[name].zero_stage, processes, on_gpu)
+    chosen = PROFILES[name]
+    check_combination(recipe, chosen.zero_stage, processes, on_gpu, chosen.read_deepspeed_config(), chosen.fsdp)
     cmd = accelerate_command(name, processes, recipe_address, overrides)
     say(f"profile {name} ({why}), {processes} {'GPU' if on_gpu else 'CPU'} process{'es' * (processes > 1)}")
     say("accelerate launch " + shlex.join(cmd[3:]))

@@ -9,6 +9,10 @@ Parameters are counted exactly on the meta device (no weights). The estimate add
                moments (12 B); 8-bit optimizers 2 B
   ZeRO         stage 1 shards optimizer states, stage 2 also gradients, stage 3 also weights, over all GPUs;
                offload moves weights, gradients and optimizer states to CPU memory
+  FSDP2        shards weights, gradients and optimizer states over all GPUs, as ZeRO-3; under 16-bit mixed
+               precision accelerate keeps the sharded trained parameters in fp32 (4 B) and their gradients in fp32
+               (4 B) beside AdamW's two fp32 moments (8 B): 16 B per trained parameter, ZeRO-3's total; frozen
+               16-bit weights (LoRA's base) stay 16-bit, a 4-bit base stays 4-bit
   activations  Korthikanti et al.: s*b*h*(34 + 5*a*s/h) bytes per layer in 16-bit (the a*s term only for eager
                attention; sdpa and flash attention keep no s*s scores); with gradient checkpointing 2*s*b*h per
                layer plus one layer recomputed in full
@@ -24,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
-from sft.profiles import PROFILES, ROOT, Profile, applicable
+from sft.profiles import PACKAGE, PROFILES, ROOT, RUN_SCRIPT, Profile, applicable
 
 GB = 1e9
 GiB = 2**30
@@ -161,9 +165,11 @@ def zero_model_states(params: float, world: int, stage: int, weight_bytes=2, gra
     }
 
 
-def base_weight_bytes(count: ModelCount, setup: Setup, deepspeed: bool) -> float:
+def base_weight_bytes(count: ModelCount, setup: Setup, deepspeed: bool, fsdp: bool = False) -> float:
     """Bytes of all base weights: quantized blocks' linears, 16-bit (or fp32) everything else."""
     wbytes = 2 if (deepspeed and setup.half) else setup.weight_bytes
+    if fsdp and setup.method == "full":
+        wbytes = 4  # the fp32 sharded parameter is the master copy (mixed precision computes on 16-bit gathers)
     unquantized = count.total - count.linear
     if setup.method == "qlora":
         compute = 2 if setup.half else 4
@@ -192,19 +198,21 @@ def estimate(count: ModelCount, setup: Setup, profile: Profile, world: int, node
     if reason:
         return Estimate(profile.name, False, reason, summary=profile.summary)
     deepspeed = profile.zero_stage is not None
-    stage = profile.zero_stage or 0
+    stage = 3 if profile.fsdp else profile.zero_stage or 0  # FSDP2 shards what ZeRO-3 shards
     peft = setup.method in ("lora", "qlora")
     trained = count.lora + count.trainable if peft else count.trainable
     if deepspeed:
         grad_bytes, optim_bytes = (2 if setup.half else 4), 12
         lora_bytes = 2 if setup.half else 4
+    elif profile.fsdp:
+        grad_bytes, optim_bytes, lora_bytes = 4, 8, 4  # fp32 parameters, gradients and AdamW moments
     else:
         # PEFT keeps adapters in fp32; TRL casts QLoRA adapters to bf16 (QLoRA paper). AdamW's moments follow.
         param_bytes = (2 if setup.method == "qlora" else 4) if peft else setup.weight_bytes
         grad_bytes = lora_bytes = param_bytes
         default_states = 2 * param_bytes
         optim_bytes = setup.optimizer_state_bytes if setup.optimizer_state_bytes is not None else default_states
-    weights = base_weight_bytes(count, setup, deepspeed)
+    weights = base_weight_bytes(count, setup, deepspeed, profile.fsdp)
     if peft and count.trainable:  # modules_to_save: a trained copy beside the frozen original
         weights += count.trainable * (2 if deepspeed and setup.half else setup.weight_bytes)
     adapter = count.lora * lora_bytes
@@ -291,10 +299,10 @@ def launch_command(profile: str, recipe_address: str, processes: int, nodes: int
     """The exact `accelerate launch` line; paths relative to the repository when run from it, else absolute."""
     import shlex
 
-    here = Path.cwd().resolve() == ROOT
+    here = Path.cwd().resolve() == ROOT == PACKAGE.parent  # in the checkout
     options = (["--config_file", f"accelerate_configs/{profile}.yaml", "--num_processes", str(processes)] if here
                else PROFILES[profile].accelerate_args(processes))
-    run = "sft/run.py" if here else str(ROOT / "sft" / "run.py")
+    run = "sft/run.py" if here else str(RUN_SCRIPT)
     parts = ["accelerate", "launch", *options]
     if nodes > 1:
         parts += ["--num_machines", str(nodes), "--machine_rank", "NODE_RANK", "--main_process_ip", "NODE0_ADDRESS",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.profiles import ACCELERATE_CONFIGS, PROFILES, ROOT, RUN_SCRIPT, applicable  # standard library only
 
 # The batch script names a file here; the training processes stop at the next step boundary once it exists.
 STOP_FILE_ENV = "SFT_STOP_FILE"
@@ -57,21 +58,15 @@ class SlurmJob:
         return self.nodes * self.per_node
 
 
-def profiles_dir() -> Path:
-    from sft.profiles import ACCELERATE_CONFIGS
-
-    return ACCELERATE_CONFIGS
-
-
 def profile_path(profile: str) -> Path:
     """A profile name (accelerate_configs/NAME.yaml) or a path to an accelerate config file."""
     candidate = Path(profile)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate.resolve()
-    named = profiles_dir() / f"{profile}.yaml"
+    named = ACCELERATE_CONFIGS / f"{profile}.yaml"
     if named.is_file():
         return named
-    known = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+    known = sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))
     raise UserError(f"--profile {profile}: no such profile; choose one of {', '.join(known) or '(none installed)'} "
                     "or give the path to an accelerate config file")
 
@@ -139,6 +134,11 @@ def launch_arguments(job: SlurmJob, profile: Path | None) -> list[str]:
         deepspeed_file = deepspeed_config_file(profile)
         if deepspeed_file:
             args += ["--deepspeed_config_file", shlex.quote(deepspeed_file)]
+            if job.nodes > 1:
+                # torchrun on each node, one world. accelerate's default (pdsh) runs DeepSpeed's own launcher on
+                # every node, which finds no hostfile and trains there alone. The profiles say so too; a user's
+                # own config may not.
+                args += ["--deepspeed_multinode_launcher", "standard"]
     elif job.world_size > 1:
         args += ["--multi_gpu"]  # torchrun launcher; on CPU sft picks gloo itself
     if not job.gpus_per_node:
@@ -151,19 +151,15 @@ def launch_arguments(job: SlurmJob, profile: Path | None) -> list[str]:
 
 
 def deepspeed_config_file(profile: Path) -> str | None:
-    """A profile names its DeepSpeed JSON relative to the repository; the job runs in the user's folder."""
+    """A profile names its DeepSpeed JSON relative to sft's profile folder; the job runs in the user's folder."""
     import yaml
 
     config = yaml.safe_load(Path(profile).read_text()) or {}
     name = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
     if not name or Path(name).is_absolute():
         return name
-    in_repo = profiles_dir().parent / name
-    return str(in_repo if in_repo.is_file() else (Path(profile).parent / name).resolve())
-
-
-def run_script() -> Path:
-    return Path(__file__).resolve().parent / "run.py"
+    ours = ROOT / name
+    return str(ours if ours.is_file() else (Path(profile).parent / name).resolve())
 
 
 def recipe_argument(recipe: str) -> str:
@@ -194,7 +190,7 @@ def build_script(job: SlurmJob, command_line: str = "") -> str:
 
     training = [shlex.quote(recipe_argument(job.recipe)), *map(shlex.quote, job.overrides)]
     task = " ".join(["exec accelerate launch", *launch_arguments(job, profile),
-                     shlex.quote(str(run_script())), *training])
+                     shlex.quote(str(RUN_SCRIPT)), *training])
 
     lines = ["#!/bin/bash"]
     if command_line:
@@ -261,10 +257,14 @@ def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, mode
 
     recipe = load_recipe(job.recipe, job.overrides)
     if not job.gpus_per_node:
+        named = PROFILES.get(profile_path(profile).stem) if profile not in (None, "auto") else None
+        if named is not None and named.fsdp:
+            raise UserError(f"--profile {named.name} with CPU processes: FSDP runs on GPUs only (accelerate ignores "
+                            "its FSDP plugin on CPU); use --gpus-per-node, or the zero3 or zero3_qlora profile")
         return None if profile in (None, "auto") else profile
     if profile is None:
         profile = "auto" if gpu_memory is not None else ("multi_gpu" if job.world_size > 1 else "single_gpu")
-    from sft import plan, profiles
+    from sft import plan
 
     where = f"{job.nodes} node(s) x {job.gpus_per_node} GPU(s)"
     if profile == "auto":
@@ -277,9 +277,8 @@ def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, mode
             raise UserError(f"{job.recipe} on {where} of {gpu_memory:g} GB: {plan.recommendation_advice(report)}")
         return report["recommended"]
     name = profile_path(profile).stem
-    if name in profiles.PROFILES:
-        why = profiles.applicable(profiles.PROFILES[name], recipe.sft.method, bool(recipe.model.load_in_8bit),
-                                  job.world_size)
+    if name in PROFILES:
+        why = applicable(PROFILES[name], recipe.sft.method, bool(recipe.model.load_in_8bit), job.world_size)
         if why:
             raise UserError(f"--profile {name} cannot run {job.recipe} on {where}: {why}; change the profile or the "
                             "GPU count (`sft plan` shows which fit)")

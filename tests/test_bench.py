@@ -78,6 +78,19 @@ def test_without_a_gpu_or_cpu_flag_it_prints_the_plan_only(tiny_model, tmp_path)
     assert not list((tmp_path / "work").glob("run-*"))  # nothing trained
 
 
+@pytest.mark.slow  # about 15 s: the bench builds the model and plans before it skips
+def test_cpu_bench_skips_fsdp_with_the_reason(tiny_model, tmp_path):
+    report = tmp_path / "bench.json"
+    proc = bench("--cpu", "--model-config", tiny_model / "config.json", "--steps", 3, "--warmup", 0, "--seq", SEQ,
+                 "--batch", BATCH, "--gpus", 2, "--profiles", "fsdp2", "--json", report, "--keep", tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result] = json.loads(report.read_text())["profiles"]
+    assert (result["name"], result["status"]) == ("fsdp2", "skipped")
+    assert result["reason"] == "FSDP runs on GPUs only (accelerate ignores its plugin on CPU)"
+    assert not list((tmp_path / "work").glob("run-*"))  # nothing launched
+    assert "skipped: FSDP runs on GPUs only" in next(li for li in proc.stdout.splitlines() if li.startswith("fsdp2 "))
+
+
 def test_bad_arguments_get_one_line(tiny_model, tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep-me").write_text("user data")

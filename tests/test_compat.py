@@ -372,11 +372,11 @@ def test_eval_strategy_no_on_the_command_line_is_not_an_error(tmp_path, tiny_mod
 def test_trl_launch_keys_are_recipe_keys_and_unknown_profiles_are_one_line(tmp_path):
     recipe = load_recipe(plain_recipe(tmp_path, "accelerate_config: zero2\nnum_processes: 4\n"))
     assert recipe.sft.accelerate_config == "zero2" and recipe.sft.num_processes == 4
-    path = plain_recipe(tmp_path, "accelerate_config: fsdp2\n")
+    path = plain_recipe(tmp_path, "accelerate_config: fsdp1\n")  # TRL ships fsdp1; sft has FSDP2 only
     with pytest.raises(UserError) as err:
         load_recipe(path)
-    assert str(err.value) == (f"{path}:2: 'accelerate_config' must be one of auto, single_gpu, multi_gpu, zero2, "
-                              "zero3, zero3_qlora, zero3_offload; got 'fsdp2'")
+    assert str(err.value) == (f"{path}:2: 'accelerate_config' must be one of auto, single_gpu, multi_gpu, zero1, "
+                              "zero2, zero3, zero3_qlora, zero3_offload, fsdp2, fsdp2_qlora; got 'fsdp1'")
 
 
 @pytest.mark.slow

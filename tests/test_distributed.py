@@ -22,14 +22,16 @@ from tests.conftest import REPO, run_cli, write_recipe
 pytestmark = pytest.mark.slow
 
 STEPS, SAVE_EVERY, PER_DEVICE, PROCESSES = 4, 2, 2, 2
-# (profile, method, extra recipe keys, the line sft must print): DDP, ZeRO-2, ZeRO-3 full fine-tuning,
+# (profile, method, extra recipe keys, the line sft must print): DDP, ZeRO-1, ZeRO-2, ZeRO-3 full fine-tuning,
 # ZeRO-3 + LoRA, ZeRO-3 + QLoRA. The last two start from settings known to fail under ZeRO-3 (trl#2514,
 # alignment-handbook#42), which the check at the start of the run fixes.
 CASES = [
     ("multi_gpu", "full", [], "2 processes over gloo"),
+    ("zero1", "full", [], "2 processes over gloo"),
     ("zero2", "full", [], "2 processes over gloo"),
     ("zero3", "full", [], "2 processes over gloo"),
-    ("zero3_offload", "full", [], "2 processes over gloo"),
+    ("zero3_offload", "full", [],
+     "optimizer: the recipe's optim adamw_torch_fused, stepping on the CPU copy of the weights (optimizer offload)"),
     ("zero3", "lora", ["--gradient_checkpointing_kwargs", '{"use_reentrant": false}'],
      "gradient_checkpointing_kwargs.use_reentrant false -> true"),
     ("zero3_qlora", "qlora", ["--bnb_4bit_quant_storage", "uint8"], "bnb_4bit_quant_storage uint8 -> float32"),
@@ -155,6 +157,13 @@ def test_profile_trains_saves_and_resumes(profile, method, extra, said, base_rec
     losses_a = losses(run_a)
     assert sorted(losses_a) == list(range(1, STEPS + 1))
     assert losses_a[1] == pytest.approx(single_process_first_loss(method), rel=1e-4)
+
+    if profile == "zero3_offload":  # the recipe's optim ran (torch's fused AdamW), not DeepSpeed's CPU Adam
+        import torch
+
+        optim_file = next((run_a / f"checkpoint-{STEPS}").glob("global_step*/*rank_0_mp_rank_00_optim_states.pt"))
+        saved = torch.load(optim_file, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        assert saved["optimizer_state_dict"]["param_groups"][0]["fused"] is True
 
     # Saves: the final model/adapter holds the weights gathered from the run's own last checkpoint.
     if method == "full":

@@ -109,9 +109,10 @@ def test_plan_json_lists_every_profile_and_recommends_the_cheapest_that_fits(tin
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     names = [p["name"] for p in plan["profiles"]]
-    assert names == ["single_gpu", "multi_gpu", "zero2", "zero3", "zero3_qlora", "zero3_offload"]
+    assert names == ["single_gpu", "multi_gpu", "zero1", "zero2", "zero3", "zero3_qlora", "zero3_offload", "fsdp2",
+                     "fsdp2_qlora"]
     by_name = {p["name"]: p for p in plan["profiles"]}
-    assert not by_name["single_gpu"]["applicable"] and not by_name["zero3_qlora"]["applicable"]
+    assert not any(by_name[name]["applicable"] for name in ("single_gpu", "zero3_qlora", "fsdp2_qlora"))
     assert plan["recommended"] == "multi_gpu"  # a tiny model fits everywhere: DDP is the cheapest on 2 GPUs
     assert plan["command"].startswith("accelerate launch --config_file ")
     assert "multi_gpu.yaml --num_processes 2 " in plan["command"] and plan["command"].endswith(str(recipe))
@@ -120,7 +121,12 @@ def test_plan_json_lists_every_profile_and_recommends_the_cheapest_that_fits(tin
             assert p["fits"] and p["per_gpu_bytes"] == pytest.approx(sum(p["breakdown"].values()), abs=10)
     # ZeRO partitions what the paper says it does: 16-bit weights (2 B), gradients (2 B), fp32 master + Adam (12 B)
     n = plan["model"]["parameters"]
-    zero2, zero3 = by_name["zero2"]["breakdown"], by_name["zero3"]["breakdown"]
+    zero1, zero2, zero3 = (by_name[name]["breakdown"] for name in ("zero1", "zero2", "zero3"))
+    assert (zero1["weights"], zero1["gradients"], zero1["optimizer_states"]) == (2 * n, 2 * n, 12 * n // 2)
+    # FSDP2 under bf16: fp32 sharded parameters (the master copy), fp32 gradients, two fp32 moments: ZeRO-3's 16 B
+    fsdp2 = by_name["fsdp2"]["breakdown"]
+    assert (fsdp2["weights"], fsdp2["gradients"], fsdp2["optimizer_states"]) == (4 * n // 2, 4 * n // 2, 8 * n // 2)
+    assert by_name["fsdp2"]["per_gpu_bytes"] == by_name["zero3"]["per_gpu_bytes"]
     assert (zero2["weights"], zero2["gradients"], zero2["optimizer_states"]) == (2 * n, 2 * n // 2, 12 * n // 2)
     assert (zero3["weights"], zero3["gradients"], zero3["optimizer_states"]) == (2 * n // 2, 2 * n // 2, 12 * n // 2)
     assert by_name["multi_gpu"]["breakdown"]["weights"] == 4 * n  # fp32 weights as loaded (dtype float32)
@@ -223,11 +229,11 @@ def test_tier_recipes_pass_check_and_plan_offline(offline_hub, tmp_path):
 # GB per GPU of the recommended profile: the same on this CPU machine as on the GPUs it plans for (the recipe's
 # bfloat16, not the float32 a CPU run would load).
 @pytest.mark.parametrize("recipe, size, gpus, memory, recommended, also_fits, recommended_gb", [
-    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 80, "zero2", {"zero3", "zero3_offload"}, 47.1),
-    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 40, "zero3", {"zero3_offload"}, 32.6),
-    ("llama-3.1-70b-qlora-8xa100-80gb", "70B", 8, 80, "multi_gpu", {"zero3_qlora"}, 52.3),
-    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 80, "multi_gpu", {"zero3_qlora"}, 52.3),
-    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 40, "zero3_qlora", set(), 31.5),
+    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 80, "zero1", {"zero2", "zero3", "zero3_offload", "fsdp2"}, 62.5),
+    ("llama-3.1-8b-full-8xa100-80gb", "8B", 8, 40, "zero3", {"zero3_offload", "fsdp2"}, 32.6),
+    ("llama-3.1-70b-qlora-8xa100-80gb", "70B", 8, 80, "multi_gpu", {"zero3_qlora", "fsdp2_qlora"}, 52.3),
+    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 80, "multi_gpu", {"zero3_qlora", "fsdp2_qlora"}, 52.3),
+    ("llama-3.1-70b-qlora-2x80gb", "70B", 2, 40, "zero3_qlora", {"fsdp2_qlora"}, 31.5),
 ])
 def test_tier_recipes_plan(recipe, size, gpus, memory, recommended, also_fits, recommended_gb):
     from sft.plan import make_plan

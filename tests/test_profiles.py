@@ -33,6 +33,12 @@ def test_every_profile_has_a_config_and_deepspeed_leaves_batch_sizes_to_the_reci
     for name, profile in PROFILES.items():
         config = yaml.safe_load(profile.config_file.read_text())
         assert config["num_machines"] == 1 and config["machine_rank"] == 0
+        if profile.fsdp:
+            assert config["distributed_type"] == "FSDP" and config["mixed_precision"] == "bf16"
+            fsdp = config["fsdp_config"]
+            assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+            assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # one model file, as zero3 saves
+            continue
         if profile.zero_stage is None:
             assert config["distributed_type"] == ("NO" if name == "single_gpu" else "MULTI_GPU")
             assert config["mixed_precision"] == "bf16"
@@ -42,6 +48,8 @@ def test_every_profile_has_a_config_and_deepspeed_leaves_batch_sizes_to_the_reci
         assert "mixed_precision" not in config
         assert config["deepspeed_config"]["deepspeed_config_file"] == profile.deepspeed_config
         assert config["deepspeed_config"]["zero3_init_flag"] is (profile.zero_stage == 3)
+        # torchrun on every node: accelerate's default runs DeepSpeed's pdsh launcher on each, and each trains alone
+        assert config["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
         ds = json.loads((REPO / profile.deepspeed_config).read_text())
         for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                     "gradient_clipping"):
@@ -131,6 +139,25 @@ def test_packing_on_gpu_needs_padding_free_attention(tiny_model, tmp_path):
     assert check_combination(recipe, zero_stage=None, world_size=1, on_gpu=True) == []
 
 
+def test_offloaded_optimizer_is_the_recipes_and_gpu_only_ones_are_refused(tiny_model, tmp_path):
+    from sft.errors import UserError
+    from sft.profiles import PROFILES, check_combination
+
+    offload = PROFILES["zero3_offload"].read_deepspeed_config()
+    assert "optimizer" not in offload and offload["zero_force_ds_cpu_optimizer"] is False  # the recipe's optim runs
+    recipe = load(tmp_path, tiny_model, optim="adamw_torch")
+    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=offload) == [
+        "optimizer: the recipe's optim adamw_torch, stepping on the CPU copy of the weights (optimizer offload)"]
+    recipe = load(tmp_path, tiny_model, optim="paged_adamw_8bit")
+    with pytest.raises(UserError, match=r"optim paged_adamw_8bit cannot step on the CPU copy of the weights that the "
+                                        r"DeepSpeed config offloads \(offload_optimizer\); use optim: adamw_torch"):
+        check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=offload)
+    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=PROFILES["zero3"].read_deepspeed_config()) == []
+    own = {**offload, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}  # a user's config with its own
+    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=own) == [
+        "optimizer: DeepSpeed's AdamW from the DeepSpeed config, not the recipe's optim paged_adamw_8bit"]
+
+
 def test_global_batch_sets_accumulation_or_is_refused(tiny_model, tmp_path):
     from sft.errors import UserError
     from sft.profiles import check_combination
@@ -173,3 +200,60 @@ def test_launch_with_a_named_profile(tiny_model, tmp_path):
     with pytest.raises(UserError, match=r"^--profile single_gpu: runs one process; this plan has 2; run `sft plan "
                                         r"r.yaml` to see which fit$"):
         choose(recipe, "r.yaml", "single_gpu", on_gpu=False, processes=2, memory_gb=12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FSDP2: what can be proven without a GPU
+
+
+def test_fsdp2_profiles_become_torchrun_with_an_fsdp2_plugin(monkeypatch):
+    """accelerate's own launch code reads the profile as FSDP version 2 over torchrun, and the plugin the run
+    builds from that environment shards per transformer block, reshards after forward and saves one full model."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    for name in ("fsdp2", "fsdp2_qlora"):
+        words = ["--config_file", str(REPO / "accelerate_configs" / f"{name}.yaml"), "--num_processes", "4",
+                 "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1",
+                 "--main_process_port", "29500", "run.py"]
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(words))
+        assert args.use_fsdp and not args.use_deepspeed
+        env = prepare_multi_gpu_env(args)
+        assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "2")
+        assert env["ACCELERATE_USE_FSDP"] == "true" and env["FSDP_VERSION"] == "2"
+        assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+        for key, value in env.items():
+            if key.startswith(("FSDP_", "ACCELERATE_")):
+                monkeypatch.setenv(key, value)
+        plugin = FullyShardedDataParallelPlugin()
+        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+        assert plugin.cpu_ram_efficient_loading is True and not isinstance(plugin.cpu_offload, CPUOffloadPolicy)
+        assert str(plugin.state_dict_type).endswith("FULL_STATE_DICT")
+
+
+def test_fsdp_is_refused_on_cpu_and_fixes_qlora_on_gpu(tiny_model, tmp_path):
+    from sft.errors import UserError
+    from sft.profiles import check_combination
+
+    recipe = load(tmp_path, tiny_model, method="qlora", bnb_4bit_quant_storage="uint8",
+                  model_init_kwargs={"device_map": "auto"})
+    with pytest.raises(UserError, match=r"FSDP runs on GPUs only \(accelerate ignores its FSDP plugin on CPU, so "
+                                        r"nothing would be sharded\); on CPU use the zero3 or zero3_qlora profile$"):
+        check_combination(recipe, None, 2, on_gpu=False, fsdp=True)
+    notes = check_combination(recipe, None, 2, on_gpu=True, fsdp=True)
+    assert recipe.model.bnb_4bit_quant_storage == "float32" and recipe.training.model_init_kwargs == {}
+    assert [n.split(": ", 1)[1].split(":")[0] for n in notes] == [
+        "model_init_kwargs.device_map removed", "bnb_4bit_quant_storage uint8 -> float32"]
+    eight_bit = load(tmp_path, tiny_model, method="lora", load_in_8bit=True)
+    with pytest.raises(UserError, match="load_in_8bit under FSDP: an 8-bit base cannot be sharded"):
+        check_combination(eight_bit, None, 2, on_gpu=True, fsdp=True)
+
+
+@pytest.mark.slow  # about 20 s on a busy 2-core machine: the real CLI imports torch and trl
+def test_launch_refuses_fsdp_on_cpu_before_starting(tiny_model, tmp_path):
+    recipe = recipe_file(tmp_path, tiny_model)
+    proc = run_cli("launch", recipe, "--profile", "fsdp2", "--num-processes", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "FSDP runs on GPUs only" in proc.stderr and not (tmp_path / "out").exists()

@@ -3,18 +3,16 @@ rendezvous over loopback; checkpoints that are never resumed from when partial."
 
 import json
 import os
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, run_cli, write_recipe
+from tests.loopback import run_nodes, srun_task
 from tests.slurm_cluster import SlurmCluster, missing_tools
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -43,13 +41,6 @@ def tiny_recipe(folder: Path, model: Path, **values) -> Path:
                     max_length=64, seed=0, report_to="none")
     settings.update(values)
     return write_recipe(folder / "recipe.yaml", **settings)
-
-
-def srun_task(script: str) -> str:
-    """The command each Slurm task runs: the argument of `srun ... bash -c '...'`, as srun receives it."""
-    line = next(li for li in script.splitlines() if li.startswith("srun "))
-    words = shlex.split(line.rstrip("&"))
-    return words[words.index("-c") + 1]
 
 
 def losses(trainer_state: Path) -> dict[int, float]:
@@ -95,8 +86,47 @@ def test_script_ranks_each_node_inside_its_task_and_keeps_sbatch_literal(tmp_pat
         assert out[out.index("--rdzv_backend") + 1] == "c10d"
         assert out[out.index("--config_file") + 1] == str(REPO / "accelerate_configs" / "zero3.yaml")
         assert Path(out[out.index("--deepspeed_config_file") + 1]).is_file()
+        assert out[out.index("--deepspeed_multinode_launcher") + 1] == "standard"  # else each node trains alone
         assert out[-3:] == [str(recipe.resolve()), "--learning_rate", "2e-3"]
     assert ranks == ["0", "1"]
+
+
+def accelerate_launcher(task: str, node: int) -> tuple[list[str] | None, object]:
+    """What accelerate's own launch code makes of a node's `accelerate launch` line: (the DeepSpeed launcher
+    command it would run, or None for torchrun; the parsed arguments)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    env = {**os.environ, "SLURM_NODEID": str(node), "MAIN_HOST": "127.0.0.1", "MAIN_PORT": "1"}
+    words = subprocess.run(["bash", "-c", task.replace("exec accelerate launch", "printf '%s\\n'")], env=env,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(words))
+    assert args.use_deepspeed
+    args.deepspeed_fields_from_accelerate_config = ""  # set by accelerate's launch_command before this step
+    cmd, _ = prepare_deepspeed_cmd_env(args)
+    return cmd, args
+
+
+def test_deepspeed_nodes_join_one_torchrun_world_even_with_a_users_own_config(tmp_path):
+    """accelerate's default multi-node DeepSpeed launcher is pdsh: each node runs `deepspeed --hostfile None`, finds
+    no hostfile and trains alone. The script asks for torchrun on every node, whatever the config says."""
+    import yaml
+
+    from sft.slurm import SlurmJob, build_script
+
+    config = yaml.safe_load((REPO / "accelerate_configs" / "zero3.yaml").read_text())
+    del config["deepspeed_config"]["deepspeed_multinode_launcher"]  # a config written before this was known
+    config["deepspeed_config"]["deepspeed_config_file"] = str(REPO / "deepspeed_configs" / "zero3.json")
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
+    task = srun_task(build_script(SlurmJob("recipe.yaml", nodes=2, profile=str(tmp_path / "mine.yaml"))))
+    cmd, args = accelerate_launcher(task, node=1)
+    assert cmd is None and args.deepspeed_multinode_launcher == "standard"
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "1")
+    # Without the flag, accelerate builds DeepSpeed's launcher, as it did before.
+    cmd, _ = accelerate_launcher(task.replace("--deepspeed_multinode_launcher standard ", ""), node=1)
+    assert cmd[:3] == ["deepspeed", "--hostfile", "None"] and "pdsh" in cmd
+    one_node = srun_task(build_script(SlurmJob("recipe.yaml", nodes=1, processes_per_node=2, profile="zero3")))
+    assert "--deepspeed_multinode_launcher" not in one_node  # one node: accelerate runs torchrun anyway
 
 
 @pytest.mark.parametrize("args, message", [
@@ -109,6 +139,14 @@ def test_bad_requests_fail_with_one_line(tmp_path, tiny_model, args, message):
     proc = run_cli("slurm", recipe, "--nodes", "1", "--gpus-per-node", "2", *args)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_fsdp_on_cpu_processes_is_refused_before_queueing(tmp_path, tiny_model):
+    recipe = tiny_recipe(tmp_path, tiny_model)
+    proc = run_cli("slurm", recipe, "--nodes", "2", "--cpu", "--profile", "fsdp2", "-o", tmp_path / "job.sbatch")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--profile fsdp2 with CPU processes: FSDP runs on GPUs only" in proc.stderr
+    assert not (tmp_path / "job.sbatch").exists()
 
 
 def test_a_70b_qlora_profile_that_cannot_fit_is_refused():
@@ -199,12 +237,6 @@ def test_stop_request_saves_and_stops_at_the_next_step(tmp_path):
 # For real: Slurm, and two machine ranks on loopback
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 STEPS = 150  # long enough that Slurm's signal lands mid-run; 3 steps per epoch
 
@@ -217,36 +249,7 @@ def loopback_run(tmp_path_factory, tiny_model):
     recipe = tiny_recipe(folder, tiny_model, max_steps=STEPS, save_steps=STEPS)
     script = run_cli("slurm", recipe, "--nodes", "2", "--cpu", check=True, cwd=folder).stdout
     task = srun_task(script)
-    port = _free_port()
-    launches = []
-    for node in ("0", "1"):
-        env = {**os.environ, "SLURM_NODEID": node, "MAIN_HOST": "127.0.0.1", "MAIN_PORT": str(port),
-               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        log = open(folder / f"node{node}.log", "w")
-        launches.append(subprocess.Popen(["bash", "-c", task], cwd=folder, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT))
-        if node == "0":  # on a real cluster only the main host binds the rendezvous port; here both could try
-            _wait_for_listener(port, launches[0])
-    deadline = time.time() + 300
-    while any(p.poll() is None for p in launches) and time.time() < deadline:
-        if any(p.poll() not in (None, 0) for p in launches):
-            break  # one rank failed: the other would wait for the rendezvous timeout
-        time.sleep(0.5)
-    for p in launches:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    logs = [(folder / f"node{n}.log").read_text(errors="replace") for n in ("0", "1")]
-    return {"folder": folder, "task": task, "returncodes": [p.returncode for p in launches], "logs": logs}
-
-
-def _wait_for_listener(port: int, process, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
+    return {"folder": folder, "task": task, **run_nodes(task, folder, nodes=2, timeout=300)}
 
 
 @pytest.mark.slow
