@@ -60,9 +60,27 @@ def set_template(tokenizer, value: str | None, path: str | None = None, source: 
             tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
             added = new
         tokenizer.chat_template = template
+    refuse_invalid_jinja(tokenizer.chat_template, source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return added
+
+
+def refuse_invalid_jinja(template, source: str) -> None:
+    """Compile the template as transformers will, so a Jinja syntax error is reported as such, with its line
+    (otherwise it surfaces later as a misleading finding about the template's contents)."""
+    if not isinstance(template, str):
+        return  # no template, or a tokenizer's dict of named templates
+    from jinja2 import TemplateError, TemplateSyntaxError
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    try:
+        _compile_jinja_template(template)
+    except TemplateSyntaxError as err:
+        raise UserError(f"{source}: the chat template is not valid Jinja: line {err.lineno} of the template: "
+                        f"{err.message}") from None
+    except TemplateError as err:
+        raise UserError(f"{source}: the chat template is not valid Jinja: {err}") from None
 
 
 def apply_template(tokenizer, recipe) -> list[str]:

@@ -1,5 +1,6 @@
 """Checkpoints in output_dir: which one to resume from, and the final save of model, tokenizer and template."""
 
+import json
 import re
 from pathlib import Path
 
@@ -27,6 +28,28 @@ def resume_checkpoint(recipe) -> str | None:
         return None
     found = complete_checkpoints(recipe.training.output_dir)
     return str(found[-1]) if found else None
+
+
+def refuse_finished(checkpoint: str, recipe) -> None:
+    """Resuming from a checkpoint that already reached the recipe's end would train one step more and rewrite
+    the final model: say the run is finished instead, and change nothing."""
+    from sft.errors import UserError
+
+    state_file = Path(checkpoint) / "trainer_state.json"
+    if not state_file.is_file():
+        return
+    state = json.loads(state_file.read_text())
+    step, training = state.get("global_step", 0), recipe.training
+    if training.max_steps > 0:
+        finished, goal = step >= training.max_steps, f"max_steps {training.max_steps}"
+    else:
+        planned = state.get("max_steps") or 0
+        finished = 0 < planned <= step and state.get("epoch", 0) >= training.num_train_epochs - 1e-6
+        goal = f"num_train_epochs {training.num_train_epochs:g}"
+    if finished:
+        raise UserError(f"{training.output_dir}: this run is finished ({Path(checkpoint).name} reached {goal}); "
+                        "nothing was changed. Raise max_steps or num_train_epochs to train on, or pass --fresh "
+                        "(resume: false) to start over")
 
 
 def save_final(trainer, tokenizer, output_dir, stop_token: str | None) -> None:

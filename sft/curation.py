@@ -7,6 +7,7 @@ columns the file has), so the output trains exactly like the input."""
 
 import hashlib
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -90,7 +91,10 @@ def output_path(out_dir: Path, source: str, inputs: list[str]) -> Path:
     path = Path(source)
     same_name = [p for p in inputs if Path(p).stem == path.stem]
     stem = path.stem if len(same_name) == 1 else f"{path.parent.name}_{path.stem}"
-    target = out_dir / f"{stem}.jsonl"
+    return refuse_overwriting_inputs(out_dir / f"{stem}.jsonl", inputs)
+
+
+def refuse_overwriting_inputs(target: Path, inputs: list[str]) -> Path:
     if any(target.resolve() == Path(p).resolve() for p in inputs):
         raise UserError(f"{target}: would overwrite an input; choose another output folder")
     return target
@@ -281,12 +285,20 @@ def parse_ratios(text: str) -> list[float]:
         raise UserError(f"--ratios {text}: give numbers like 80/10/10") from None
     if not 2 <= len(values) <= 3 or any(v < 0 for v in values) or sum(values) <= 0:
         raise UserError(f"--ratios {text}: give two or three non-negative parts like 80/10/10 or 90/10")
-    return [v / sum(values) for v in values]
+    total = sum(values)
+    if not (math.isclose(total, 100) or math.isclose(total, 1)):
+        # Rescaling would hide a forgotten part (80/10 meant 80/10/10?): say so instead.
+        raise UserError(f"--ratios {text}: the parts add up to {total:g}; they must add up to 100 (80/10/10) or 1 "
+                        "(0.8/0.1/0.1)")
+    return [v / total for v in values]
 
 
 def split(files: list[str], out_dir: Path, ratios: list[float], seed: int = 0) -> dict:
     """Exact duplicates removed first (so no example lands in two splits), then a seeded shuffle cut by the
     ratios. The same input, ratios and seed give the same files."""
+    for name in SPLIT_NAMES[:len(ratios)]:
+        refuse_overwriting_inputs(out_dir / f"{name}.jsonl", files)
+    refuse_overwriting_inputs(out_dir / "split.json", files)
     rows, columns, index, duplicates = [], [], DuplicateIndex(threshold=1.0), 0
     for path in files:
         raw, examples, _ = read_rows(path)

@@ -101,13 +101,18 @@ def check_json_file(path: Path) -> list[int] | None:
         first = handle.read(1).lstrip()
         handle.seek(0)
         if path.suffix == ".json" and first == b"[":
+            from sft.errors import not_utf8
+
+            raw = handle.read()
             try:
-                json.load(handle)
+                json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise not_utf8(path, raw, err.start) from None
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
             return None
         lines = []
-        for number, line in enumerate(handle, start=1):
+        for number, line in utf8_lines(handle, path):
             if not line.strip():
                 continue
             try:
@@ -120,6 +125,18 @@ def check_json_file(path: Path) -> list[int] | None:
         return lines
 
 
+def utf8_lines(handle, path: Path):
+    """(line number, line) of a binary file handle; a line that is not UTF-8 fails naming file, line and column."""
+    from sft.errors import not_utf8
+
+    for number, line in enumerate(handle, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise not_utf8(path, line, err.start, number) from None
+        yield number, line
+
+
 def load_local_file(path: Path):
     """(dataset, where each row is: "file:line" for JSON Lines, "file row N" otherwise)."""
     from datasets import load_dataset
@@ -130,6 +147,10 @@ def load_local_file(path: Path):
     if path.stat().st_size < 65536 and not path.read_bytes().strip():  # datasets fails with an empty message
         raise UserError(f"{path}: the dataset is empty")
     lines = check_json_file(path) if builder == "json" else None
+    if builder in ("csv", "text"):
+        with path.open("rb") as handle:
+            for _ in utf8_lines(handle, path):
+                pass
     try:
         dataset = load_dataset(builder, data_files=[str(path)], split="train")
     except Exception as err:  # datasets wraps parser errors in its own types; name the file instead
@@ -484,7 +505,21 @@ def read_source(source: Source, recipe, split: str | None = None) -> SourceRows:
             result.chat = result.chat or part.chat
     if result.rows == 0:
         raise UserError(f"{source.label}: the dataset is empty")
+    if not result.examples:
+        raise UserError(no_row_fits(result, raw.column_names))
     return result
+
+
+def no_row_fits(result: SourceRows, columns: list[str]) -> str:
+    """Every row is bad: most often a forced format (dataset_format, format) that the data does not have."""
+    where, reason = result.bad[0]
+    try:
+        detected = detect_format(columns)
+    except UserError:
+        detected = None
+    hint = (f"; the data looks like {detected} (columns {', '.join(columns)}): remove dataset_format or set it to "
+            f"{detected}" if detected and detected != result.format else "; fix the data")
+    return f"{where}: {reason}; none of the {result.rows} rows is {result.format} data{hint}"
 
 
 def prepare_columns(raw, source: Source, recipe):

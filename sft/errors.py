@@ -4,6 +4,7 @@ import os
 import sys
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 class UserError(Exception):
@@ -24,7 +25,8 @@ def take_debug_flag(argv: list[str]) -> list[str]:
 
 
 def exit_on_user_error(fn, *args, **kwargs):
-    """Run fn; turn a UserError into one line on stderr and exit code 2 (traceback only with --debug)."""
+    """Run fn; turn a UserError into one line on stderr and exit code 2, a Ctrl-C into one line and exit code 130
+    (traceback only with --debug)."""
     try:
         return fn(*args, **kwargs)
     except UserError as err:
@@ -32,3 +34,28 @@ def exit_on_user_error(fn, *args, **kwargs):
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        if debug_enabled():
+            raise
+        print("sft: interrupted (Ctrl-C)", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def read_utf8(path, shown=None) -> str:
+    """A text file's contents; a file that is not UTF-8 fails naming the file, line and column of the first bad
+    byte (Python's own error gives only a byte offset)."""
+    from pathlib import Path
+
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise not_utf8(shown or path, raw, err.start) from None
+
+
+def not_utf8(shown, raw: bytes, offset: int, first_line: int = 1) -> UserError:
+    """UserError for the byte at `offset` of `raw`, which is not UTF-8 (raw starts at line first_line)."""
+    line = first_line + raw.count(b"\n", 0, offset)
+    column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+    return UserError(f"{shown}:{line}: not UTF-8 text (byte 0x{raw[offset]:02x} at column {column}); save the file "
+                     "as UTF-8")

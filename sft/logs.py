@@ -23,3 +23,28 @@ def quiet_library_noise() -> None:
     # TRL's own SFTConfig default sets the renamed `gradient_checkpointing`; the user did nothing wrong.
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class QuietChecks:
+    """While the input is being checked, progress bars only on a terminal: in a log or a captured stderr a bad
+    input then reads as one line, with no bars before it. (sft's own notes wait for the checks too.)"""
+
+    def __enter__(self):
+        import datasets
+        from transformers.utils import logging as transformers_logging
+
+        self._restore = []
+        if sys.stderr.isatty():
+            return self
+        if not datasets.are_progress_bars_disabled():
+            datasets.disable_progress_bars()
+            self._restore.append(datasets.enable_progress_bars)
+        if transformers_logging.is_progress_bar_enabled():
+            transformers_logging.disable_progress_bar()
+            self._restore.append(transformers_logging.enable_progress_bar)
+        return self
+
+    def __exit__(self, *exc):
+        for restore in self._restore:
+            restore()
+        return False

@@ -14,6 +14,41 @@ def check_model_source(recipe) -> None:
         raise UserError(f"{recipe.source}: model_name_or_path {name} does not exist")
     if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
         raise UserError(f"{recipe.source}: model_name_or_path {name} is a folder without config.json")
+    if Path(name).is_dir():
+        check_local_model(Path(name), recipe.training.trust_remote_code, recipe.source)
+
+
+# Weight files that are pickles: loading one can run code.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+PICKLE_ADVICE = ("convert it to safetensors (load it once with weights_only and save_pretrained(..., "
+                 "safe_serialization=True)), or set trust_remote_code: true to allow it (loaded with "
+                 "weights_only)")
+
+
+def check_local_model(folder: Path, trust_remote_code: bool, source: str) -> None:
+    """A local model that needs its own code, or has only pickled weights, fails here with what to change
+    (transformers would fail after the data was prepared, asking for trust_remote_code or naming a missing
+    model.safetensors)."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{folder / 'config.json'}: not valid JSON ({err})") from None
+    if not trust_remote_code:
+        from transformers import CONFIG_MAPPING
+
+        model_type = config.get("model_type")
+        if config.get("auto_map") or (model_type and model_type not in CONFIG_MAPPING):
+            why = ("its config.json maps to code in the model folder (auto_map)" if config.get("auto_map") else
+                   f"its model_type {model_type!r} is unknown to this transformers; or upgrade transformers")
+            raise UserError(f"{source}: model {folder} needs its own Python code ({why}); set trust_remote_code: "
+                            "true if you trust that code")
+        if not list(folder.glob("*.safetensors")):
+            pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+            if pickles:
+                raise UserError(f"{source}: model {folder} has only pickled weights ({', '.join(pickles)}), which "
+                                f"are refused because loading a pickle can run code; {PICKLE_ADVICE}")
 
 
 def load_tokenizer(recipe):
@@ -28,6 +63,16 @@ def load_tokenizer(recipe):
     except OSError as err:
         raise UserError(f"{recipe.model.model_name_or_path}: cannot load tokenizer: "
                         f"{str(err).splitlines()[0]}") from err
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise remote_code_error(recipe) from err
+        raise
+
+
+def remote_code_error(recipe) -> UserError:
+    """transformers' refusal of a Hub model that needs its own code, as one line."""
+    return UserError(f"{recipe.source}: model {recipe.model.model_name_or_path} needs its own Python code; set "
+                     "trust_remote_code: true if you trust that code")
 
 
 def torch_dtype(name: str | None):
@@ -91,7 +136,14 @@ def load_model(recipe, tokenizer, added_tokens: list[str]):
     try:
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as err:
-        raise UserError(f"{model_args.model_name_or_path}: cannot load model: {str(err).splitlines()[0]}") from err
+        message = str(err).splitlines()[0]
+        if "model.safetensors" in message and kwargs["use_safetensors"]:
+            message += f" (pickled weights such as pytorch_model.bin are refused: {PICKLE_ADVICE})"
+        raise UserError(f"{model_args.model_name_or_path}: cannot load model: {message}") from err
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise remote_code_error(recipe) from err
+        raise
     if quant is not None:
         from sft.logs import say
 

@@ -1,9 +1,10 @@
 """Stopping cleanly when asked (Slurm's time-limit or preemption warning, SIGTERM), and checkpoints that are
 known to be whole.
 
-- `StopOnRequest`: SIGUSR1 or SIGTERM (or the stop file the Slurm script touches, see sft/slurm.py) only sets a
-  flag; at the next step boundary every rank agrees on it (all-reduce), saves a checkpoint and stops training.
-  Saving from inside a signal handler could interrupt an optimizer step halfway.
+- `StopOnRequest`: SIGUSR1, SIGTERM, Ctrl-C (SIGINT; a second one stops at once) or the stop file the Slurm
+  script touches (see sft/slurm.py) only sets a flag; at the next step boundary every rank agrees on it
+  (all-reduce), saves a checkpoint and stops training. Saving from inside a signal handler could interrupt an
+  optimizer step halfway.
 - `MarkCompleteCheckpoints`: after every rank has written its part of a checkpoint, the main process writes a
   marker into it last. sft/checkpoints.py resumes only from checkpoints with the marker, so a process killed in
   the middle of a save leaves a partial checkpoint that is never resumed from, and the previous one usable.
@@ -21,10 +22,10 @@ from transformers import TrainerCallback
 from sft.checkpoints import COMPLETE_MARKER
 from sft.slurm import STOP_FILE_ENV
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # SIGINT: Ctrl-C
 
 
-def _all_ranks_any(flag: bool, device) -> bool:
+def all_ranks_any(flag: bool, device) -> bool:
     """True on every rank when it is true on any rank (each rank may have seen the signal at a different step)."""
     import torch
     import torch.distributed as dist
@@ -46,6 +47,8 @@ class StopOnRequest(TrainerCallback):
         self._previous = {}
 
     def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self.requested_by == "SIGINT":
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without waiting for the checkpoint
         self.requested_by = signal.Signals(signum).name
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -54,7 +57,7 @@ class StopOnRequest(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         asked = self.requested_by is not None or bool(self.stop_file and os.path.exists(self.stop_file))
-        if _all_ranks_any(asked, args.device):
+        if all_ranks_any(asked, args.device):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step

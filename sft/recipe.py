@@ -19,10 +19,12 @@ from typing import Any
 import yaml
 
 from sft.chat_templates import is_inline_jinja
-from sft.errors import UserError
+from sft.errors import UserError, read_utf8
 from sft.migrate import refuse_foreign_config
 from sft.profiles import PROFILES
 from sft.recipe_args import as_written_for_text_fields, plain_scalar_texts, typed_overrides
+from sft.validate import check_values, one_line
+from sft.yaml_checks import describe_yaml_error, refuse_duplicate_keys
 
 METHODS = ("full", "lora", "qlora", "freeze")
 LOSS_MODES = ("completion", "assistant", "last_assistant", "all")
@@ -217,15 +219,13 @@ def locate(address: str) -> RecipeFile:
 
 def read_yaml_with_lines(recipe_file: RecipeFile) -> tuple[dict, dict[str, int]]:
     """The recipe mapping and the line number of each top-level key."""
-    text = recipe_file.path.read_text()
+    text = read_utf8(recipe_file.path, recipe_file.display)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"{recipe_file.display}{where}: not valid YAML: {problem}") from err
+        raise UserError(f"{recipe_file.display}{describe_yaml_error(err)}") from err
+    refuse_duplicate_keys(node, recipe_file.display)
     if data is None:
         data, node = {}, None
     if not isinstance(data, dict):
@@ -420,7 +420,8 @@ def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = ()
     notes: list[str] = []
     values = check_keys(data, lambda k: f"{recipe_file.display}:{lines.get(k, 1)}", notes)
     typed = typed_overrides(overrides, field_type, untyped_keys=RENAMED_VALUES)
-    values.update(check_keys(typed, lambda k: "command line", notes, option_style=True))
+    from_command_line = check_keys(typed, lambda k: "command line", notes, option_style=True)
+    values.update(from_command_line)
     values.pop("provenance", None)
 
     for key in PATH_KEYS:
@@ -451,12 +452,15 @@ def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = ()
         try:
             built[section] = cls(**sections[section])
         except (ValueError, TypeError) as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            message = one_line(str(err)) or type(err).__name__
             raise UserError(f"{recipe_file.display}: invalid settings: {message}") from err
     if built["model"].model_name_or_path is None:
         raise UserError(f"{recipe_file.display}: missing key 'model_name_or_path' (a local model folder or a Hub "
                         "name)")
-    return Recipe(**built, source=recipe_file.display, base_dir=recipe_file.base_dir, explicit=explicit, notes=notes)
+    recipe = Recipe(**built, source=recipe_file.display, base_dir=recipe_file.base_dir, explicit=explicit, notes=notes)
+    check_values(recipe, lambda k: "command line" if k in from_command_line
+                 else f"{recipe_file.display}:{lines[k]}" if k in lines else recipe_file.display, from_command_line)
+    return recipe
 
 
 def apply_method(values: dict, notes: list) -> None:

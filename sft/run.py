@@ -16,15 +16,13 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 
 def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    from sft.chat_templates import apply_template
-    from sft.checkpoints import resume_checkpoint, save_final
-    from sft.data import prepare_data
+    from sft.checkpoints import save_final
     from sft.hub import take_push_request
-    from sft.logs import say
+    from sft.logs import QuietChecks, say
     from sft.masks import end_of_turn_token, generation_stop_tokens
-    from sft.modeling import check_model_source, load_model, load_tokenizer, peft_config
     from sft.profiles import check_running
-    from sft.recipe import load_recipe
+    from sft.recipe import load_recipe, write_resolved
+    from sft.validate import storage_errors_named
 
     # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
     recipe = load_recipe(recipe_address, overrides)
@@ -37,56 +35,34 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     recipe.notes += check_running(recipe)
     push = take_push_request(recipe)  # push_to_hub: pushed once at the end, with a model card
 
-    # 2. Tokenizer and chat template.
-    check_model_source(recipe)
-    tokenizer = load_tokenizer(recipe)
-    added_tokens = apply_template(tokenizer, recipe)
-
-    # 3. Data: every row read, rendered, tokenized and masked (errors name file and row); `sft check` runs the same.
-    data = prepare_data(recipe, tokenizer)
+    # 2.-5. Tokenizer, data, model and trainer, every input checked; output_dir locked for this run.
+    with QuietChecks():  # no progress bars before a bad input's one line (unless on a terminal)
+        trainer, tokenizer, data, resume_from, stop = checked_trainer(recipe)
     for note in recipe.notes + data.notes:  # after the input checks, so a bad input reads as one line
         say(note)
     say(data.summary())
 
-    # 4. The model for the chosen method, and where to resume from.
-    resume_from = resume_checkpoint(recipe)
-    model = load_model(recipe, tokenizer, added_tokens)
-
-    # 5. Train. Only now, with every input checked, is output_dir written.
-    from trl import SFTTrainer
-
-    from sft.callbacks import trackers_last, training_callbacks
-    from sft.preemption import MarkCompleteCheckpoints, StopOnRequest
-    from sft.recipe import write_resolved
-
+    # 6. Train. Only now, with every input checked, is output_dir written.
     output_dir = Path(recipe.training.output_dir)
-    stop = StopOnRequest()  # SIGUSR1/SIGTERM (Slurm): checkpoint at the next step on all ranks, then exit
-    trainer = SFTTrainer(
-        model=model,
-        args=recipe.training,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        peft_config=peft_config(recipe),
-        callbacks=training_callbacks(recipe, tokenizer, data.eval_rows) + [stop, MarkCompleteCheckpoints()],
-    )
-    trackers_last(trainer)  # so report_to gets the metrics our callbacks add (eval_perplexity)
-    if trainer.accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_resolved(recipe, output_dir / "recipe.yaml", {"data": data.stats})
-    if resume_from:
-        say(f"resuming from {resume_from} (set resume: false or pass --fresh to start over)")
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    if stop.stopped_at is not None:
-        trainer.end()  # a gloo process group left alive aborts the interpreter at exit
-        say(f"stopped on request at step {stop.stopped_at}: checkpoint-{stop.stopped_at} saved in {output_dir}; "
-            "the same command resumes from it")
-        return {"steps": trainer.state.global_step, "stopped": True, "output_dir": str(output_dir)}
+    with storage_errors_named(output_dir, trainer):  # a full or read-only disk reads as one line naming the path
+        if trainer.accelerator.is_main_process:
+            write_resolved(recipe, output_dir / "recipe.yaml", {"data": data.stats})
+        if resume_from:
+            say(f"resuming from {resume_from} (set resume: false or pass --fresh to start over)")
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        if stop.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+            trainer.end()  # a gloo process group left alive aborts the interpreter at exit
+            how = "interrupted (Ctrl-C)" if stop.requested_by == "SIGINT" else "stopped on request"
+            say(f"{how} at step {stop.stopped_at}: checkpoint-{stop.stopped_at} saved in {output_dir}; the same "
+                "command resumes from it")
+            return {"steps": trainer.state.global_step, "stopped": True, "interrupted": stop.requested_by == "SIGINT",
+                    "output_dir": str(output_dir)}
 
-    # 6. Save the model (or adapter) with tokenizer, template and a generation config that stops where it learned to.
-    save_final(trainer, tokenizer, output_dir, end_of_turn_token(
-        tokenizer, stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path, tokenizer)))
+        # 7. Save the model (or adapter) with tokenizer, template and a generation config that stops where it
+        #    learned to.
+        save_final(trainer, tokenizer, output_dir, end_of_turn_token(
+            tokenizer, stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path, tokenizer)))
     summary = {
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
@@ -105,9 +81,55 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     return summary
 
 
+def checked_trainer(recipe):
+    """(trainer, tokenizer, data, checkpoint to resume from, stop callback), every input checked and output_dir
+    locked for this run; nothing written yet."""
+    from trl import SFTTrainer
+
+    from sft.callbacks import trackers_last, training_callbacks
+    from sft.chat_templates import apply_template
+    from sft.checkpoints import refuse_finished, resume_checkpoint
+    from sft.data import prepare_data
+    from sft.locking import lock_output_dir_on_all_ranks
+    from sft.modeling import check_model_source, load_model, load_tokenizer, peft_config
+    from sft.preemption import MarkCompleteCheckpoints, StopOnRequest
+    from sft.validate import check_lora_targets
+
+    # 2. Tokenizer and chat template.
+    check_model_source(recipe)
+    tokenizer = load_tokenizer(recipe)
+    added_tokens = apply_template(tokenizer, recipe)
+
+    # 3. Data: every row read, rendered, tokenized and masked (errors name file and row); `sft check` runs the same.
+    data = prepare_data(recipe, tokenizer)
+
+    # 4. The model for the chosen method, and where to resume from: a run that already reached its end is left as
+    #    it is (checked last, so that any other bad input is named first).
+    model = load_model(recipe, tokenizer, added_tokens)
+    check_lora_targets(model, recipe)
+    resume_from = resume_checkpoint(recipe)
+    if resume_from:
+        refuse_finished(resume_from, recipe)
+
+    # 5. The trainer, and output_dir for this run alone (a second run into it stops here, naming this one).
+    stop = StopOnRequest()  # SIGUSR1/SIGTERM (Slurm), Ctrl-C: checkpoint at the next step on all ranks, then exit
+    trainer = SFTTrainer(
+        model=model,
+        args=recipe.training,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        peft_config=peft_config(recipe),
+        callbacks=training_callbacks(recipe, tokenizer, data.eval_rows) + [stop, MarkCompleteCheckpoints()],
+    )
+    trackers_last(trainer)  # so report_to gets the metrics our callbacks add (eval_perplexity)
+    lock_output_dir_on_all_ranks(recipe.training.output_dir, trainer.accelerator.is_main_process, trainer.args.device)
+    return trainer, tokenizer, data, resume_from, stop
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python sft/run.py RECIPE [--key value ...]`: the same run as `sft train`."""
-    from sft.errors import exit_on_user_error, take_debug_flag
+    from sft.errors import EXIT_INTERRUPTED, exit_on_user_error, take_debug_flag
     from sft.logs import quiet_library_noise
 
     quiet_library_noise()
@@ -118,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     from sft.recipe_args import split_command_line
 
     address, overrides = exit_on_user_error(split_command_line, argv)
-    exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
+    summary = exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
+    if summary.get("interrupted"):
+        sys.exit(EXIT_INTERRUPTED)
     from sft.hardware import world_size
 
     if world_size() > 1:

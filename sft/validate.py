@@ -1,0 +1,196 @@
+"""Values the libraries would reject only once training starts (after output_dir was written), checked while the
+recipe is read: so a bad value fails as one line naming its key, and a previous run in output_dir stays as it was.
+
+TrainingArguments accepts a negative learning rate or a batch size of 0 and leaves torch, the DataLoader or the
+optimizer to fail mid-run; PEFT's LoraConfig rejects its own values, but only when the trainer builds it. Here
+LoraConfig is built from the recipe right away, and the remaining values are checked against what their consumer
+accepts.
+"""
+
+import contextlib
+import dataclasses
+import errno
+import os
+import re
+from pathlib import Path
+
+from sft.errors import UserError
+
+# key -> (test, what the value must be); None always passes (the library's default applies).
+POSITIVE = "a whole number greater than 0"
+VALUE_RULES = {
+    "per_device_train_batch_size": (lambda v: v > 0, POSITIVE),
+    "per_device_eval_batch_size": (lambda v: v > 0, POSITIVE),
+    "gradient_accumulation_steps": (lambda v: v > 0, POSITIVE),
+    "global_batch_size": (lambda v: v > 0, POSITIVE),
+    "max_length": (lambda v: v > 0, POSITIVE + " (or null for no limit)"),
+    "learning_rate": (lambda v: v >= 0, "0 or more"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "warmup_steps": (lambda v: v >= 0, "0 or more (a number of steps, or a ratio below 1)"),
+    "adam_epsilon": (lambda v: v >= 0, "0 or more"),
+    "adam_beta1": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "adam_beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "num_train_epochs": (lambda v: v > 0, "greater than 0"),
+    "lora_r": (lambda v: v > 0, POSITIVE),
+    "lora_alpha": (lambda v: v > 0, "greater than 0"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "sample_every_n_steps": (lambda v: v > 0, POSITIVE),
+}
+# Step intervals matter only when their strategy is "steps"; 0 would save, log or evaluate never (or at every
+# step, depending on the library version) without saying so.
+STEP_INTERVALS = {"save_steps": "save_strategy", "logging_steps": "logging_strategy", "eval_steps": "eval_strategy"}
+# ModelConfig's LoRA keys: they do nothing unless a PEFT method is on.
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
+             "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
+
+
+def one_line(message: str) -> str:
+    """A library's multi-line error message as one line: transformers lists details as "- item" lines after
+    "... but found", and names strategies as enum members (IntervalStrategy.NO is the recipe's `no`)."""
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, items = lines[0], [line.lstrip("-").strip() for line in lines[1:]]
+    text = head + (("" if head.endswith(":") else ":") + " " + "; ".join(items) if items else "")
+    return re.sub(r"\b[A-Z]\w*Strategy\.(\w+)", lambda m: m.group(1).lower(), text)
+
+
+def check_values(recipe, where, command_line_keys=()) -> None:
+    """Refuse values that would fail (or silently misbehave) only after training started. `where(key)` says
+    where a key was set ("recipe.yaml:7" or "command line")."""
+    training, model = recipe.training, recipe.model
+    for key, (ok, must_be) in VALUE_RULES.items():
+        if key in LORA_KEYS and not model.use_peft:
+            continue
+        value = _value(recipe, key)
+        if value is not None and not isinstance(value, bool) and not ok(value):
+            raise UserError(f"{where(key)}: {key} must be {must_be}, got {value!r}")
+    for key, strategy_key in STEP_INTERVALS.items():
+        strategy = getattr(getattr(training, strategy_key), "value", getattr(training, strategy_key))
+        value = getattr(training, key)
+        if strategy == "steps" and value is not None and value <= 0:
+            raise UserError(f"{where(key)}: {key} must be greater than 0 with {strategy_key} steps, got {value:g}; "
+                            f"to turn it off set {strategy_key}: \"no\"")
+    if recipe.explicit.get("bf16") and recipe.explicit.get("fp16"):
+        raise UserError(f"{where('fp16')}: bf16 and fp16 are both true; choose one (bf16 where the GPU supports "
+                        "it)")
+    # `--method full` on the command line over a LoRA recipe leaves the recipe's lora_* keys unused on purpose.
+    method_switched = {"method", "use_peft", "load_in_4bit"} & set(command_line_keys)
+    if model.use_peft:
+        check_lora_config(recipe, where)
+    elif not method_switched:
+        # A value equal to ModelConfig's default is let through: the resolved recipe of a full run lists them all.
+        defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(model)}
+        stray = [k for k in LORA_KEYS if k in recipe.explicit and recipe.explicit[k] != defaults.get(k)]
+        if stray:
+            raise UserError(f"{where(stray[0])}: {', '.join(stray)} set but method is {recipe.sft.method}, which "
+                            "trains no LoRA adapter; set method: lora (or qlora), or remove "
+                            f"{'it' if len(stray) == 1 else 'them'}")
+    check_output_dir(recipe, where)
+
+
+def _value(recipe, key):
+    for section in (recipe.training, recipe.model, recipe.sft):
+        if hasattr(section, key):
+            return getattr(section, key)
+    return None
+
+
+def check_lora_config(recipe, where) -> None:
+    """Build PEFT's LoraConfig now, as the trainer will, so its own refusals come before anything is written."""
+    from trl import get_peft_config
+
+    try:
+        get_peft_config(recipe.model)
+    except (ValueError, TypeError) as err:
+        message = one_line(str(err))
+        key = next((k for k in LORA_KEYS if k.removeprefix("lora_") in message), "method")
+        raise UserError(f"{where(key)}: LoRA settings rejected by PEFT: {message}") from err
+
+
+def check_output_dir(recipe, where) -> None:
+    """output_dir must be a folder (or creatable as one) that holds neither the base model nor lies inside it."""
+    output_dir = Path(recipe.training.output_dir).expanduser()
+    existing = next((p for p in (output_dir, *output_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{where('output_dir')}: output_dir {output_dir}: {existing} is a file, not a folder; "
+                        "choose another output_dir")
+    if existing is not None and _read_only(existing):
+        # (Permissions are not judged here: `sft slurm` and `sft check` read recipes meant for other machines.)
+        raise UserError(f"{where('output_dir')}: output_dir {output_dir}: {existing} is on a read-only file system; "
+                        "choose another output_dir")
+    model = Path(recipe.model.model_name_or_path).expanduser()
+    if not model.is_dir():
+        return  # a Hub name: its files live in the cache, out of output_dir's way
+    out, base = output_dir.resolve(), model.resolve()
+    if out == base or base in out.parents or out in base.parents:
+        relation = ("is" if out == base else "is inside" if base in out.parents else "contains")
+        raise UserError(f"{where('output_dir')}: output_dir {output_dir} {relation} the base model's folder "
+                        f"{model}: training would overwrite or mix with its weights; choose a separate output_dir")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_lora_targets(model, recipe) -> None:
+    """Every entry of lora_target_modules must name a module of the model (PEFT fails only when none matches, with
+    a traceback, and ignores a mistyped one among several)."""
+    targets = recipe.model.lora_target_modules
+    if isinstance(targets, str):  # TRL turns a one-item list into its item; PEFT reads a string as a regex
+        targets = [targets]
+    if not recipe.model.use_peft or not targets or targets == ["all-linear"]:
+        return
+    names = [name for name, _ in model.named_modules() if name]
+
+    def matches(target, name):
+        if name == target or name.endswith("." + target):
+            return True
+        try:
+            return re.fullmatch(target, name) is not None
+        except re.error:
+            return False
+
+    missing = [t for t in targets if not any(matches(t, n) for n in names)]
+    if missing:
+        import torch
+
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(f"{recipe.source}: lora_target_modules {', '.join(missing)} "
+                        f"match{'es' if len(missing) == 1 else ''} no module of {recipe.model.model_name_or_path}; "
+                        f"its linear modules are {', '.join(linear)} (or use all-linear)")
+
+
+def storage_error(err: OSError, output_dir) -> UserError | None:
+    """A full or read-only disk met while writing, as one line naming the path; None for other OS errors."""
+    path = err.filename or output_dir
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"{path}: disk full (no space left on device) while writing the run; free space or "
+                         "choose another output_dir, then run the same command to resume from the last checkpoint")
+    if err.errno == errno.EROFS:
+        return UserError(f"{path}: read-only file system; choose an output_dir on a writable disk, then run the "
+                         "same command to resume from the last checkpoint")
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors_named(output_dir, trainer=None):
+    """Turn a full or read-only disk met while writing the run into one line naming the path (after the
+    trainer's progress bar is closed, so the error is the last line)."""
+    try:
+        yield
+    except OSError as err:
+        translated = storage_error(err, output_dir)
+        if translated is None:
+            raise
+        if trainer is not None:
+            from transformers.trainer_callback import ProgressCallback
+
+            for callback in trainer.callback_handler.callbacks:
+                if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+                    callback.training_bar.close()
+        raise translated from err
