@@ -33,9 +33,10 @@ def train_file(tmp_path_factory) -> Path:
 
 
 def make_recipe(folder: Path, tiny_model: Path, train_file: Path, method: str) -> Path:
+    lora = {"lora_r": 8, "lora_alpha": 16} if method in ("lora", "qlora") else {}  # refused without a LoRA method
     return write_recipe(
         folder / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name=str(train_file),
-        output_dir=str(folder / "out"), method=method, lora_r=8, lora_alpha=16, max_length=64,
+        output_dir=str(folder / "out"), method=method, **lora, max_length=64,
         per_device_train_batch_size=PER_DEVICE, learning_rate=1.0e-3, max_steps=STEPS, logging_steps=1,
         save_strategy="no", seed=0, report_to="none")
 

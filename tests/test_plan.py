@@ -88,7 +88,8 @@ def test_model_states_within_1_percent_of_a_real_step(tiny_model, tmp_path, meth
     from sft.plan import make_plan
     from sft.recipe import load_recipe
 
-    recipe = load_recipe(str(recipe_for(tmp_path, tiny_model, method=method, max_steps=1, lora_r=8,
+    lora = {"lora_r": 8} if method == "lora" else {}  # a LoRA key without a LoRA method is refused
+    recipe = load_recipe(str(recipe_for(tmp_path, tiny_model, method=method, max_steps=1, **lora,
                                         per_device_train_batch_size=2, save_strategy="no")))
     plan = make_plan(recipe, gpus=1, gpu_memory_gb=80, half=False)  # this machine: fp32, one process
     single = next(p for p in plan["profiles"] if p["name"] == "single_gpu")
