@@ -517,9 +517,10 @@ def no_row_fits(result: SourceRows, columns: list[str]) -> str:
         detected = detect_format(columns)
     except UserError:
         detected = None
-    hint = (f"; the data looks like {detected} (columns {', '.join(columns)}): remove dataset_format or set it to "
-            f"{detected}" if detected and detected != result.format else "; fix the data")
-    return f"{where}: {reason}; none of the {result.rows} rows is {result.format} data{hint}"
+    if detected and detected != result.format:
+        return (f"{where}: {reason}; none of the {result.rows} rows is {result.format} data; the data looks like "
+                f"{detected} (columns {', '.join(columns)}): remove dataset_format or set it to {detected}")
+    return f"{where}: {reason}; none of the {result.rows} rows can be used: fix the data"
 
 
 def prepare_columns(raw, source: Source, recipe):

@@ -134,10 +134,36 @@ def render(plan: MaskPlan, messages, tools=None, add_generation_prompt=False, ro
     from transformers.utils.chat_template_utils import render_jinja_template
 
     kwargs = {**plan.template_kwargs, **(row_kwargs or {})}
-    try:
-        texts, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=plan.template,
+
+    def rendered(conversation):
+        texts, _ = render_jinja_template(conversations=[conversation], tools=tools, chat_template=plan.template,
                                          add_generation_prompt=add_generation_prompt, **kwargs)
+        return texts[0]
+
+    try:
+        try:
+            return rendered(messages)
+        except TypeError:
+            # Most templates write tool-call arguments with `tojson`; some join them as text with `+`
+            # (DeepSeek-V3.1), which a mapping cannot be: give those the arguments as JSON text.
+            textual = with_text_arguments(messages)
+            if textual == messages:
+                raise
+            return rendered(textual)
     except Exception as err:  # template errors (raise_exception, undefined fields) are the example's problem
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MaskError(f"the chat template cannot render it: {message}") from None
-    return texts[0]
+
+
+def with_text_arguments(messages: list[dict]) -> list[dict]:
+    """The messages with every tool call's mapping arguments written as JSON text (key order kept)."""
+    import json
+
+    def textual(call):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("arguments"), dict):
+            return call
+        return {**call, "function": {**function, "arguments": json.dumps(function["arguments"], ensure_ascii=False)}}
+
+    return [{**m, "tool_calls": [textual(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m
+            for m in messages]
