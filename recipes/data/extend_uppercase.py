@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-INSTRUCTION_ROWS = 6000  # 4 epochs at batch 16 = 1,500 steps; 800 rows were memorised (held-out 0.67)
+INSTRUCTION_ROWS = 6000  # 3 epochs at batch 16 = 1,125 steps; 800 rows were memorised (held-out 0.67)
 CHAT_ROWS = 3000         # 1-3 turns each
 FIRST_ROUND_ROWS = 800
 SYSTEM = "Reply in capitals."
