@@ -74,6 +74,6 @@ def every_key_text(width: int = 118) -> str:
         if title in groups:
             parts.append(f"\n{title} ({len(groups[title])} keys):\n" + "\n".join(groups[title]))
     renamed = ", ".join(f"{old} -> {new}" for old, new in RENAMED_KEYS.items())
-    parts.append(f"\nOld names, read as today's (one note each):\n" + textwrap.fill(renamed, width, initial_indent="  ",
+    parts.append("\nOld names, read as today's (one note each):\n" + textwrap.fill(renamed, width, initial_indent="  ",
                                                                                   subsequent_indent="  "))
     return "\n".join(parts)

@@ -52,6 +52,15 @@ def write_recipe(path: Path, **values) -> Path:
     return path
 
 
+@pytest.fixture
+def existing_output(tmp_path):
+    """An output_dir with a user's file in it: no bad input may touch it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    return out
+
+
 SAMPLE_PROMPTS = ["Uppercase: abc", "Uppercase: hello world"]
 
 

@@ -44,15 +44,6 @@ def test_run_py_help_imports_no_torch():
     assert time.time() - started < 2
 
 
-@pytest.fixture
-def existing_output(tmp_path):
-    """An output_dir with a user's file in it: no bad input may touch it."""
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
-    return out
-
-
 def good_recipe(tmp_path, tiny_model, out, **changes):
     data = tmp_path / "data.jsonl"
     if not data.exists():

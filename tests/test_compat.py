@@ -13,7 +13,7 @@ from sft.errors import UserError
 from sft.recipe import load_recipe, resolve_path
 from sft.recipe_args import split_command_line
 from tests.conftest import REPO, run_cli, write_recipe
-from tests.test_cli import assert_one_line_error, assert_untouched, existing_output  # noqa: F401 (fixture)
+from tests.test_cli import assert_one_line_error, assert_untouched
 
 # A Zephyr-style template of the length alignment-handbook recipes carry inline: comments, both kinds of quotes,
 # whitespace control, a default system turn, a tool role and an error for unknown roles.
