@@ -150,7 +150,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never wait on a network that is not there
     if args.worker:
         return worker(args.worker[0], args.worker[1], extra)
-    from sft.profiles import PROFILES
+    from sft.launch.profiles import PROFILES
 
     unknown = [p for p in (args.profiles or "").split(",") if p and p not in PROFILES]
     if unknown:
@@ -176,8 +176,8 @@ def main() -> None:
 def bench(args, work: Path) -> None:
     import torch
 
-    from sft.plan import GB, make_plan
-    from sft.profiles import PROFILES
+    from sft.launch.plan import GB, make_plan
+    from sft.launch.profiles import PROFILES
     from sft.recipe import load_recipe
 
     on_gpu = torch.cuda.is_available() and not args.cpu
@@ -189,7 +189,7 @@ def bench(args, work: Path) -> None:
     write_data(work / "data.jsonl", rows=args.steps * args.batch * gpus + 8, seq=args.seq)
     recipe_path = work / "recipe.yaml"
     write_recipe(recipe_path, work / "model", work / "data.jsonl", args)
-    # On CPU the run trains in float32 (sft/hardware.py), so plan float32 there.
+    # On CPU the run trains in float32 (sft/train/hardware.py), so plan float32 there.
     plan = make_plan(load_recipe(str(recipe_path)), gpus, memory, half=not args.cpu, recipe_address=str(recipe_path))
     estimates = {p["name"]: p for p in plan["profiles"]}
     n_params = plan["model"]["parameters"]
@@ -254,7 +254,7 @@ def run_profile(name: str, profile, gpus: int, recipe_path: Path, work: Path, wa
 
 
 def print_table(results: list[dict], memory_column: str) -> None:
-    from sft.plan import GB
+    from sft.launch.plan import GB
 
     def number(value, scale=1.0, form="{:.1f}"):
         return "-" if value is None else form.format(value / scale)

@@ -55,7 +55,7 @@ class Fallback:
 
 
 def this_machine() -> Machine:
-    from sft.hardware import has_gpu
+    from sft.train.hardware import has_gpu
 
     return Machine(on_gpu=has_gpu(),
                    installed=frozenset(m for m in CHECKED_MODULES if importlib.util.find_spec(m) is not None))

@@ -9,7 +9,7 @@ import click
 
 import sft.commands
 from sft.errors import exit_on_user_error, take_debug_flag
-from sft.logs import quiet_library_noise
+from sft.console import quiet_library_noise
 
 
 class CommandsFromModules(click.Group):

@@ -691,7 +691,7 @@ class PreparedData:
 def recipe_tokenizer(recipe):
     """The run's tokenizer with the recipe's chat template set, as `sft train` loads it (no model is loaded)."""
     from sft.chat_templates import apply_template
-    from sft.modeling import check_model_source, load_tokenizer
+    from sft.model import check_model_source, load_tokenizer
 
     check_model_source(recipe)
     tokenizer = load_tokenizer(recipe)

@@ -30,7 +30,7 @@ def quiet() -> None:
     from datasets.utils.logging import disable_progress_bar
     from transformers.utils import logging as transformers_logging
 
-    from sft.logs import quiet_library_noise
+    from sft.console import quiet_library_noise
 
     quiet_library_noise()
     # peft asks transformers a renamed question when it loads an adapter; the user did nothing wrong.
@@ -42,7 +42,7 @@ def quiet() -> None:
 def model_folder(path: str) -> Path:
     """The folder holding weights: the path itself, or for a run that never saved a final model, its newest
     complete checkpoint."""
-    from sft.checkpoints import complete_checkpoints
+    from sft.train.checkpoints import complete_checkpoints
 
     folder = Path(path)
     if not folder.exists():
@@ -98,7 +98,7 @@ def load(path: str, dtype: str | None = None, base: str | None = None) -> Loaded
     """A model folder, a run's output_dir, or an adapter folder -> model (eval mode), tokenizer, generation config."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from sft.modeling import torch_dtype
+    from sft.model import torch_dtype
 
     folder = model_folder(path)
     recipe = run_recipe_values(folder)

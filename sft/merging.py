@@ -82,7 +82,7 @@ def merge(adapter_path: str, output: str, dtype: str | None = None, base: str | 
     from transformers import AutoTokenizer, GenerationConfig
 
     from sft.generation import adapter_base, load_base, run_recipe_values
-    from sft.modeling import torch_dtype
+    from sft.model import torch_dtype
 
     target = Path(output)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -141,7 +141,7 @@ def quantize_4bit(folder: Path, dtype: str | None, trust: bool):
     """NF4 with double quantization (bitsandbytes), the QLoRA storage format; quantizes on CPU too."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from sft.modeling import torch_dtype
+    from sft.model import torch_dtype
 
     compute = torch_dtype(dtype if dtype and dtype != "auto" else "bfloat16")
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from sft.checkpoints import complete_checkpoints
+from sft.train.checkpoints import complete_checkpoints
 
 LOCAL = re.compile(r"^(/|\.|~)")
 

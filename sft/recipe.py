@@ -21,7 +21,7 @@ import yaml
 from sft.chat_templates import is_inline_jinja
 from sft.errors import UserError, read_utf8
 from sft.migrate import refuse_foreign_config
-from sft.profiles import PROFILES
+from sft.launch.profiles import PROFILES
 from sft.recipe_args import as_written_for_text_fields, plain_scalar_texts, typed_overrides
 from sft.validate import check_values, one_line
 from sft.yaml_checks import describe_yaml_error, refuse_duplicate_keys
@@ -434,7 +434,7 @@ def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = ()
     for key, value in SFT_DEFAULTS.items():
         values.setdefault(key, value)
     if adapt_to_hardware:
-        from sft.hardware import adapt_training_values
+        from sft.train.hardware import adapt_training_values
 
         from sft.capabilities import honour_requests
 
@@ -498,7 +498,7 @@ SECRET_KEYS = ("hub_token", "push_to_hub_token")
 def resolved_values(recipe: Recipe) -> dict:
     """Every effective value, flat, as a recipe. Values chosen for this machine's hardware are the recipe's own, or
     left out where it set none, so the file asks for the same run on other hardware too."""
-    from sft.hardware import HARDWARE_KEYS
+    from sft.train.hardware import HARDWARE_KEYS
 
     out = {}
     for section in ("model", "script", "mixture", "training", "sft"):

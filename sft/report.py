@@ -19,7 +19,7 @@ PLOTS = {
 
 def read_history(run_dir: str) -> tuple[list[dict], str]:
     """(log records in step order, where they came from) for a run directory."""
-    from sft.checkpoints import CHECKPOINT
+    from sft.train.checkpoints import CHECKPOINT
 
     root = Path(run_dir)
     if not root.is_dir():

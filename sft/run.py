@@ -16,20 +16,20 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 
 def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    from sft.checkpoints import save_final
+    from sft.train.checkpoints import save_final
     from sft.hub import take_push_request
-    from sft.logs import QuietChecks, say
+    from sft.console import QuietChecks, say
     from sft.masks import end_of_turn_token, generation_stop_tokens
-    from sft.profiles import check_running
+    from sft.launch.profiles import check_running
     from sft.recipe import load_recipe, write_resolved
     from sft.validate import storage_errors_named
 
     # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
     recipe = load_recipe(recipe_address, overrides)
-    from sft.hardware import under_launcher
+    from sft.train.hardware import under_launcher
 
     if (recipe.sft.accelerate_config or (recipe.sft.num_processes or 1) > 1) and not under_launcher():
-        from sft.launch import launch  # TRL's `accelerate_config:` / `num_processes:` keys: the run goes multi-process
+        from sft.launch.launcher import launch  # TRL's `accelerate_config:` / `num_processes:` keys: the run goes multi-process
 
         raise SystemExit(launch(recipe_address, overrides))
     recipe.notes += check_running(recipe)
@@ -86,13 +86,13 @@ def checked_trainer(recipe):
     locked for this run; nothing written yet."""
     from trl import SFTTrainer
 
-    from sft.callbacks import trackers_last, training_callbacks
+    from sft.train.callbacks import trackers_last, training_callbacks
     from sft.chat_templates import apply_template
-    from sft.checkpoints import refuse_finished, resume_checkpoint
+    from sft.train.checkpoints import refuse_finished, resume_checkpoint
     from sft.data import prepare_data
-    from sft.locking import lock_output_dir_on_all_ranks
-    from sft.modeling import check_model_source, load_model, load_tokenizer, peft_config
-    from sft.preemption import MarkCompleteCheckpoints, StopOnRequest
+    from sft.train.locking import lock_output_dir_on_all_ranks
+    from sft.model import check_model_source, load_model, load_tokenizer, peft_config
+    from sft.train.preemption import MarkCompleteCheckpoints, StopOnRequest
     from sft.validate import check_lora_targets
 
     # 2. Tokenizer and chat template.
@@ -130,7 +130,7 @@ def checked_trainer(recipe):
 def main(argv: list[str] | None = None) -> None:
     """`python sft/run.py RECIPE [--key value ...]`: the same run as `sft train`."""
     from sft.errors import EXIT_INTERRUPTED, exit_on_user_error, take_debug_flag
-    from sft.logs import quiet_library_noise
+    from sft.console import quiet_library_noise
 
     quiet_library_noise()
     argv = take_debug_flag(list(sys.argv[1:] if argv is None else argv))
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
     if summary.get("interrupted"):
         sys.exit(EXIT_INTERRUPTED)
-    from sft.hardware import world_size
+    from sft.train.hardware import world_size
 
     if world_size() > 1:
         # Everything is saved and the process group is gone, but DeepSpeed/gloo threads can still abort the

@@ -86,9 +86,9 @@ HUB_TOKEN = "hf_sftTest" + uuid.uuid4().hex  # the client sends it; no file or l
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    """A Hub-compatible server on loopback (tests/hub_server.py) and the environment that points the real
+    """A Hub-compatible server on loopback (tests/support/hub_server.py) and the environment that points the real
     huggingface_hub client at it. huggingface_hub reads these at import: they reach the CLI subprocesses."""
-    from tests.hub_server import HubServer
+    from tests.support.hub_server import HubServer
 
     with HubServer() as server:
         server.env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": HUB_TOKEN,

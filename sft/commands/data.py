@@ -11,7 +11,7 @@ def tokenizer_for(tokenizer_name, recipe):
         raise UserError("give --tokenizer or --recipe, not both")
     if recipe:
         from sft.chat_templates import apply_template
-        from sft.modeling import load_tokenizer
+        from sft.model import load_tokenizer
         from sft.recipe import load_recipe
 
         loaded = load_recipe(recipe, adapt_to_hardware=False)

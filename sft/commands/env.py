@@ -30,7 +30,7 @@ def sft_info() -> dict[str, str]:
 
     import sft
     from sft.masks import cache_root
-    from sft.profiles import ACCELERATE_CONFIGS
+    from sft.launch.profiles import ACCELERATE_CONFIGS
 
     info = {
         "sft version": installed_version("sft") or "not installed (run from a source tree)",

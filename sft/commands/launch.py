@@ -2,7 +2,7 @@
 
 import click
 
-from sft.profiles import PROFILES  # standard library only: --help stays instant
+from sft.launch.profiles import PROFILES  # standard library only: --help stays instant
 
 PROFILE_NAMES = ["auto", *PROFILES]
 
@@ -23,7 +23,7 @@ def command(args, profile, num_processes, dry_run):
     RECIPE, or keys alone), with overrides after it."""
     import sys
 
-    from sft.launch import launch
+    from sft.launch.launcher import launch
     from sft.recipe_args import split_command_line
 
     sys.exit(launch(*split_command_line(args), profile, num_processes, dry_run))

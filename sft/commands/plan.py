@@ -2,7 +2,7 @@
 
 import click
 
-from sft.plan import __doc__ as MODEL_DOC
+from sft.launch.plan import __doc__ as MODEL_DOC
 
 
 @click.command(context_settings={"ignore_unknown_options": True}, epilog="How each column is estimated:\n\n\b\n" + MODEL_DOC.split("The estimate adds up, per GPU:\n")[1])
@@ -20,7 +20,7 @@ def command(recipe, overrides, gpus, gpu_memory, nodes, model_config, as_json):
     (no weights). Recipe keys can be overridden after RECIPE, as in `sft train`."""
     import json
 
-    from sft.plan import make_plan, render
+    from sft.launch.plan import make_plan, render
     from sft.recipe import load_recipe
 
     loaded = load_recipe(recipe, overrides)

@@ -42,7 +42,7 @@ def command(recipe, overrides, nodes, gpus_per_node, cpu, processes_per_node, pr
     from pathlib import Path
 
     from sft.errors import UserError
-    from sft.slurm import SlurmJob, build_script, check_fit, check_job, write_script
+    from sft.launch.slurm import SlurmJob, build_script, check_fit, check_job, write_script
 
     if gpus_per_node is None and not cpu:
         raise UserError("--gpus-per-node is required (0 or --cpu for CPU processes)")

@@ -107,7 +107,7 @@ class Migration:
 def zero_profile(config, base_dir: Path, method: str | None) -> str | None:
     """The launch profile for a DeepSpeed config: its zero_optimization when the file is here, else its name
     (ds_z3_config.json, zero3_bf16_cpuoffload_all.json...)."""
-    from sft.profiles import PROFILES
+    from sft.launch.profiles import PROFILES
 
     stage, offload = None, False
     if isinstance(config, dict):

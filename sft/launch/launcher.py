@@ -1,0 +1,73 @@
+"""`sft launch`: pick a profile with the planner for the GPUs (or, on a CPU machine, the processes) at hand, refuse
+what cannot work, and run `accelerate launch --config_file accelerate_configs/NAME.yaml ... sft/run.py RECIPE`."""
+
+import os
+import shlex
+import subprocess
+import sys
+
+from sft.errors import UserError
+from sft.launch.profiles import PROFILES, RUN_SCRIPT, applicable, check_combination, profile_named
+
+
+def detect(num_processes: int | None) -> tuple[bool, int, float]:
+    """(on_gpu, processes, memory per process in GB): GPUs when there are any, else CPU processes sharing RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        processes = num_processes or gpus
+        if processes > gpus:
+            raise UserError(f"--num-processes {processes}: this machine has {gpus} GPUs")
+        return True, processes, torch.cuda.get_device_properties(0).total_memory / 1e9
+    processes = num_processes or 1
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    return False, processes, ram / processes
+
+
+def accelerate_command(profile: str, processes: int, recipe: str | None, overrides) -> list[str]:
+    """Absolute paths, so the command works from any directory."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *PROFILES[profile].accelerate_args(processes),
+            str(RUN_SCRIPT), *([recipe] if recipe else []), *overrides]
+
+
+def choose(recipe, recipe_address: str, profile: str, on_gpu: bool, processes: int, memory_gb: float,
+           asked_by: str = "--profile") -> tuple[str, str]:
+    """(profile name, why). `asked_by` names where a profile was asked for (the option or the recipe's key)."""
+    if profile != "auto":
+        chosen = profile_named(profile)
+        reason = applicable(chosen, recipe.sft.method, bool(recipe.model.load_in_8bit), processes)
+        if reason:
+            raise UserError(f"{asked_by} {profile}: {reason}; run `sft plan {recipe_address}` to see which fit")
+        return chosen.name, "as asked"
+    from sft.launch.plan import make_plan, recommendation_advice
+
+    plan = make_plan(recipe, processes, memory_gb, half=bool(on_gpu), recipe_address=recipe_address)
+    if plan["recommended"] is None:
+        raise UserError(f"{recipe_address}: {recommendation_advice(plan)}")
+    estimate = next(p for p in plan["profiles"] if p["name"] == plan["recommended"])
+    unit = "GPU" if on_gpu else "process"
+    return plan["recommended"], (f"cheapest that fits: {estimate['per_gpu_bytes'] / 1e9:.1f} of {memory_gb:.0f} GB "
+                                 f"per {unit}")
+
+
+def launch(recipe_address: str | None, overrides=(), profile: str | None = None, num_processes: int | None = None,
+           dry_run: bool = False) -> int:
+    """Options given here win over the recipe's `accelerate_config` and `num_processes` keys (TRL's CLI keys)."""
+    from sft.console import say
+    from sft.recipe import load_recipe
+
+    recipe = load_recipe(recipe_address, overrides)
+    asked_by = "--profile" if profile else "accelerate_config"
+    profile = profile or recipe.sft.accelerate_config or "auto"
+    on_gpu, processes, memory_gb = detect(num_processes or recipe.sft.num_processes)
+    name, why = choose(recipe, recipe_address or "...", profile, on_gpu, processes, memory_gb, asked_by)
+    # The run repeats these checks and fixes in every process; here they refuse before anything starts.
+    chosen = PROFILES[name]
+    check_combination(recipe, chosen.zero_stage, processes, on_gpu, chosen.read_deepspeed_config(), chosen.fsdp)
+    cmd = accelerate_command(name, processes, recipe_address, overrides)
+    say(f"profile {name} ({why}), {processes} {'GPU' if on_gpu else 'CPU'} process{'es' * (processes > 1)}")
+    say("accelerate launch " + shlex.join(cmd[3:]))
+    if dry_run:
+        return 0
+    return subprocess.run(cmd, check=False, env={**os.environ, "SFT_LAUNCHED": "1"}).returncode

@@ -1,0 +1,1 @@
+"""Training: the callbacks, stopping on request, checkpoints, the output_dir lock and what the hardware allows."""

@@ -1,0 +1,101 @@
+"""Stopping cleanly when asked (Slurm's time-limit or preemption warning, SIGTERM), and checkpoints that are
+known to be whole.
+
+- `StopOnRequest`: SIGUSR1, SIGTERM, Ctrl-C (SIGINT; a second one stops at once) or the stop file the Slurm
+  script touches (see sft/launch/slurm.py) only sets a flag; at the next step boundary every rank agrees on it
+  (all-reduce), saves a checkpoint and stops training. Saving from inside a signal handler could interrupt an
+  optimizer step halfway.
+- `MarkCompleteCheckpoints`: after every rank has written its part of a checkpoint, the main process writes a
+  marker into it last. sft/train/checkpoints.py resumes only from checkpoints with the marker, so a process killed in
+  the middle of a save leaves a partial checkpoint that is never resumed from, and the previous one usable.
+  (The Trainer writes trainer_state.json from rank 0 without waiting for the other ranks' files, and not
+  atomically, so that file alone does not prove a checkpoint is whole.)
+"""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from sft.train.checkpoints import COMPLETE_MARKER
+from sft.launch.slurm import STOP_FILE_ENV
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # SIGINT: Ctrl-C
+
+
+def all_ranks_any(flag: bool, device) -> bool:
+    """True on every rank when it is true on any rank (each rank may have seen the signal at a different step)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class StopOnRequest(TrainerCallback):
+    """Checkpoint and stop at the next step boundary after SIGUSR1/SIGTERM or once the stop file exists."""
+
+    def __init__(self, stop_file: str | None = None):
+        self.stop_file = stop_file if stop_file is not None else os.environ.get(STOP_FILE_ENV)
+        self.requested_by: str | None = None  # set by the signal handler
+        self.stopped_at: int | None = None  # the step whose checkpoint was saved before stopping
+        self._previous = {}
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self.requested_by == "SIGINT":
+            raise KeyboardInterrupt  # Ctrl-C twice: stop now, without waiting for the checkpoint
+        self.requested_by = signal.Signals(signum).name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        asked = self.requested_by is not None or bool(self.stop_file and os.path.exists(self.stop_file))
+        if all_ranks_any(asked, args.device):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+class MarkCompleteCheckpoints(TrainerCallback):
+    """Write the completeness marker into each checkpoint once every rank has finished saving it, and only then
+    delete checkpoints beyond save_total_limit. (The Trainer itself deletes old checkpoints right after rank 0
+    wrote the new one, before the other ranks finished theirs: a kill then would leave nothing to resume from.
+    So the Trainer's own rotation is turned off for the run and done here instead, with its own function.)"""
+
+    def __init__(self):
+        self.save_total_limit = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.save_total_limit, args.save_total_limit = args.save_total_limit, None
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+        from transformers.trainer_utils import rotate_checkpoints
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every rank's shards, RNG state and optimizer state are on disk
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                tmp = folder / (COMPLETE_MARKER + ".tmp")
+                tmp.write_text(json.dumps({"global_step": state.global_step}) + "\n")
+                tmp.replace(folder / COMPLETE_MARKER)
+                rotate_checkpoints(args.output_dir, self.save_total_limit, state.best_model_checkpoint,
+                                   use_mtime=True)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        args.save_total_limit = self.save_total_limit
