@@ -2,7 +2,9 @@
 `accelerate launch ... sft/run.py`, read tokens/s from the run's log, MFU, peak memory, the planner's estimate) runs
 here on 2 CPU processes over gloo with --cpu; on a GPU machine only the memory counters and the peak differ."""
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -104,3 +106,108 @@ def test_bad_arguments_get_one_line(tiny_model, tmp_path):
     proc = bench("--profiles", "zero2,zero4")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: --profiles: unknown zero4; choose from single_gpu")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bench/gpu/check.py: the GPU check, dry-run on CPU (a Llama-3.2-1B shape scaled down, 4 steps per configuration)
+
+GPU_CHECK = REPO / "bench" / "gpu" / "check.py"
+DRY_SEQ, DRY_RANK = 64, 16
+
+
+def gpu_check(*args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("OUT", None)
+    return subprocess.run([sys.executable, str(GPU_CHECK), *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, check=False, env=env)
+
+
+def gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", GPU_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def causal_keys(lengths):
+    return sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)
+
+
+def test_gpu_check_dry_run_trains_every_configuration_with_method_aware_mfu_and_the_plan(tmp_path):
+    from safetensors.torch import load_file
+
+    from sft.plan import make_plan
+    from sft.recipe import load_recipe
+
+    report, work = tmp_path / "check.json", tmp_path / "work"
+    proc = gpu_check("--dry-run", "--peak-tflops", PEAK_TFLOPS, "--json", report, "--work", work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(report.read_text())
+    methods = ["full", "lora"] + (["qlora"] if importlib.util.find_spec("bitsandbytes") else [])
+    assert [r["name"] for r in result["results"]] == [f"{m}-sdpa-{p}" for m in methods for p in ("bfd", "wrapped")]
+    assert "left out: flash_attention_2: no GPU" in proc.stdout and "left out: liger: no GPU" in proc.stdout
+
+    # P: every matmul weight of the model the check built (linears, and the tied embedding once, as the LM head)
+    weights = load_file(str(work / "model" / "model.safetensors"))
+    matmul = sum(t.numel() for t in weights.values() if t.ndim == 2)
+    adapter = sum(DRY_RANK * sum(t.shape) for name, t in weights.items() if t.ndim == 2 and "embed" not in name)
+    shape = result["model"]
+    layers, width = shape["num_hidden_layers"], shape["num_attention_heads"] * shape["head_dim"]
+    # Attention keys per token: bfd packs whole documents (each attends to itself: its characters and EOS);
+    # wrapped cuts the token stream into rows of max_length that attend across documents.
+    documents = [len(json.loads(line)["text"]) + 1 for line in (work / "data.jsonl").read_text().splitlines()]
+    stream = sum(documents)
+    keys = {"bfd": causal_keys(documents),
+            "wrapped": causal_keys([DRY_SEQ] * (stream // DRY_SEQ) + [stream % DRY_SEQ] * bool(stream % DRY_SEQ))}
+    for r in result["results"]:
+        assert (r["status"], r["refused"], r["steps"], r["timed_steps"]) == ("ok", None, 4, 3), r
+        assert r["tokens_per_second"] > 0
+        assert r["keys_per_token"] == pytest.approx(keys[r["packing_strategy"]], rel=1e-12)
+        assert (r["matmul_parameters"], r["lora_parameters"]) == (matmul, 0 if r["method"] == "full" else adapter)
+        # Full: 6P. LoRA/QLoRA: the frozen base needs no weight gradient (4P), the adapters 6 each.
+        trained = 6 * matmul if r["method"] == "full" else 4 * matmul + 6 * adapter
+        assert r["flops_per_token"] == pytest.approx(trained + 12 * layers * width * r["keys_per_token"], rel=1e-12)
+        assert r["mfu"] == pytest.approx(r["tokens_per_second"] * r["flops_per_token"] / (PEAK_TFLOPS * 1e12))
+        plan = make_plan(load_recipe(str(work / r["name"] / "recipe.yaml")), 1, 80.0, half=False)
+        assert r["estimate_bytes"] == next(p["per_gpu_bytes"] for p in plan["profiles"] if p["name"] == "single_gpu")
+        line = next(li for li in proc.stdout.splitlines() if li.startswith(r["name"] + " "))
+        assert f"{r['mfu'] * 100:.1f}%" in line and f"{r['estimate_bytes'] / 1e9:.2f}" in line
+    assert "dependencies: all satisfied, nothing installed" in proc.stdout
+
+
+def test_gpu_check_runs_a_configuration_in_its_own_process_and_skips_what_the_time_budget_leaves_out(tmp_path):
+    report = tmp_path / "check.json"
+    proc = gpu_check("--dry-run", "--isolate", "--configs", "full-sdpa-wrapped,lora-sdpa-bfd", "--json", report,
+                     "--log", tmp_path / "workers.log", "--work", tmp_path / "work")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first, second = json.loads(report.read_text())["results"]
+    assert (first["name"], first["status"], first["timed_steps"]) == ("full-sdpa-wrapped", "ok", 3)
+    assert first["mfu"] is None and "peak unknown (--peak-tflops)" in proc.stdout  # a CPU has no peak in the table
+    assert first["peak_allocated_bytes"] > 4 * first["parameters"]  # the worker process's peak resident set
+    assert "===== full-sdpa-wrapped (exit code 0)" in (tmp_path / "workers.log").read_text()
+    assert second["status"] == "ok"
+
+    proc = gpu_check("--dry-run", "--minutes", 0, "--configs", "full-sdpa-bfd", "--json", report,
+                     "--work", tmp_path / "work")  # the model folder is reused
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [skipped] = json.loads(report.read_text())["results"]
+    assert (skipped["status"], skipped["reason"]) == ("skipped", "time budget (--minutes 0) spent")
+    assert "full-sdpa-bfd            skipped: time budget (--minutes 0) spent" in proc.stdout
+
+    proc = gpu_check("--dry-run", "--configs", "full-flash2-bfd", "--work", tmp_path / "work")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: --configs: full-flash2-bfd cannot run here; choose from "
+                                          "full-sdpa-bfd, full-sdpa-wrapped")
+
+
+def test_gpu_check_names_the_unmet_requirements_and_installs_nothing_on_a_dry_run(tmp_path):
+    check = gpu_check_module()
+    import pytest as installed_pytest
+
+    assert check.unmet(["pytest>=1", "pytest<1", "no-such-package-sft-test"]) == [
+        f"pytest<1 (installed: {installed_pytest.__version__})", "no-such-package-sft-test"]
+    wanted = ["click>=8", "no-such-package-sft-test>=1"]
+    assert check.install_missing(tmp_path, wanted, dry_run=True) == [
+        "dependencies not satisfied: no-such-package-sft-test>=1", "not installing (--dry-run)"]
+    assert check.install_missing(tmp_path / "absent", wanted, dry_run=False)[1] == (
+        f"not installing (no wheel folder {tmp_path / 'absent'} (run bench/gpu/fetch_wheels.py where pip works))")
