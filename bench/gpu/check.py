@@ -52,7 +52,8 @@ LLAMA_1B = {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192
 TINY = {**LLAMA_1B, "vocab_size": 512, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 1024}
 # Dense bf16 peak FLOP/s by GPU name (first match wins): NVIDIA's datasheets, without sparsity.
-PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12)]
+PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("A100", 312e12),
+             ("L40S", 362e12)]
 METHODS = ("full", "lora", "qlora")
 PACKINGS = ("bfd", "wrapped")
 LORA_RANK = 16
@@ -64,12 +65,14 @@ NEVER_INSTALL = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
 # 1. Dependencies (standard library and `packaging` only: nothing of sft's stack is imported before this)
 
 
-def needed_requirements(gpu: bool) -> list[str]:
-    """sft's dependencies (pyproject.toml), and liger-kernel on a GPU machine."""
-    import tomllib
+LIGER = "liger-kernel>=0.6,<1"  # pyproject.toml's `liger` extra
 
-    requirements = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return requirements + (["liger-kernel>=0.6,<1"] if gpu else [])
+
+def needed_requirements(gpu: bool) -> list[str]:
+    """sft's dependencies (pyproject.toml's [project] dependencies list), and liger-kernel on a GPU machine."""
+    text = (ROOT / "pyproject.toml").read_text()  # read without tomllib, which Python 3.10 lacks
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.DOTALL | re.MULTILINE).group(1)
+    return re.findall(r'^\s*"([^"]+)"', block, re.MULTILINE) + ([LIGER] if gpu else [])
 
 
 def unmet(requirements: list[str]) -> list[str]:
@@ -351,7 +354,7 @@ def measure(config: dict, recipe_path: Path, args, isolate: bool, time_left: flo
     if not isolate:
         try:
             return run_configuration(str(recipe_path), args.warmup, args.seconds_per_config)
-        except Exception as err:  # one configuration's failure is a row of the table, not the end of the check
+        except Exception as err:  # noqa: BLE001 - one configuration's failure is a row of the table, not the end
             return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"}
     result_path = recipe_path.with_suffix(".result.json")
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(recipe_path), str(result_path),
@@ -387,7 +390,8 @@ def row(result: dict) -> str:
             f"{number(result['tokens_per_second'], form='{:.0f}'):>9s} {number(result['tflops'], form='{:.0f}'):>6s} "
             f"{number(result['mfu'], 0.01, '{:.1f}%'):>6s} {number(result['peak_allocated_bytes'], GB, '{:.2f}'):>8s} "
             f"{number(result['peak_reserved_bytes'], GB, '{:.2f}'):>8s} "
-            f"{number(result['peak_device_bytes'], GB, '{:.2f}'):>8s} {number(result['estimate_bytes'], GB, '{:.2f}'):>7s} "
+            f"{number(result['peak_device_bytes'], GB, '{:.2f}'):>8s} "
+            f"{number(result['estimate_bytes'], GB, '{:.2f}'):>7s} "
             f"{number(result['estimate_ratio'], form='{:.2f}'):>6s}")
 
 
@@ -493,7 +497,8 @@ def main() -> None:
     results = []
     report = Path(args.json) if args.json else Path(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") \
         else None
-    for i, config in enumerate(configs):
+    print(HEADER)
+    for config in configs:
         folder = work / config["name"]
         folder.mkdir(exist_ok=True)
         recipe_path = folder / "recipe.yaml"
@@ -526,8 +531,6 @@ def main() -> None:
                 if result["peak_device_bytes"]:
                     result["estimate_ratio"] = estimate / result["peak_device_bytes"]
         results.append(result)
-        if i == 0:
-            print(HEADER)
         print(row(result), flush=True)
         if report:
             report.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -30,9 +29,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check import needed_requirements  # what check.py installs is what this fetches
+
 # GPU-only extras are not in constraints.txt (CI installs none of them); pinned here, checked on a GPU run.
 EXTRA_PINS = {"liger-kernel": "0.8.5"}
-EXTRA_ROOTS = ["liger-kernel"]
 # Never carried: the GPU machine's own CUDA build of PyTorch and what comes with it.
 NEVER = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*|pytorch-triton.*)$")
 # Large libraries every PyTorch/data-science image has (the device's list: /work/.library/device/KINDS.md);
@@ -52,11 +53,6 @@ def pins(path: Path) -> dict[str, str]:
             name, version = line.split("==", 1)
             found[canonicalize_name(name)] = version.strip()
     return found | {canonicalize_name(k): v for k, v in EXTRA_PINS.items()}
-
-
-def root_requirements() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"]] + [Requirement(r) for r in EXTRA_ROOTS]
 
 
 def wheel_requirements(wheel: Path) -> list[Requirement]:
@@ -120,7 +116,7 @@ def main() -> None:
 
     # Breadth-first over requirements: one `pip download` per layer.
     wanted: dict[str, set[str]] = {}  # name -> extras asked for
-    queue = [(canonicalize_name(r.name), set(r.extras)) for r in root_requirements()]
+    queue = [(canonicalize_name(r.name), set(r.extras)) for r in map(Requirement, needed_requirements(gpu=True))]
     fetched: dict[str, Path] = {}
     skipped = set()
     while queue:
