@@ -15,7 +15,7 @@
    `bfd` (best-fit packing, padding-free: each document attends to itself only, sequence boundaries from
    position_ids) and `wrapped` (documents concatenated and cut into rows of max_length, padding-free off: the
    attention runs over the whole row). `sft train` refuses packing on GPU without flash attention
-   (sft/profiles.py); those rows are measured anyway, through the same functions, and marked `refused`.
+   (sft/launch/profiles.py); those rows are measured anyway, through the same functions, and marked `refused`.
 4. Prints, per configuration: tokens/s (after --warmup steps, for --seconds-per-config or --steps), the achieved
    TFLOP/s and MFU with method-aware FLOPs (flops_per_token below), peak GPU memory (PyTorch's allocated and
    reserved peaks, and the device's: reserved peak plus what CUDA holds outside PyTorch), and `sft plan`'s
@@ -267,7 +267,7 @@ def run_configuration(recipe_path: str, warmup: int, seconds: float) -> dict:
     from transformers import TrainerCallback
 
     from sft.errors import UserError
-    from sft.profiles import check_running
+    from sft.launch.profiles import check_running
     from sft.recipe import load_recipe
     from sft.run import checked_trainer
 
@@ -331,7 +331,7 @@ def quiet() -> None:
     import datasets
     from transformers.utils import logging as transformers_logging
 
-    from sft.logs import quiet_library_noise
+    from sft.console import quiet_library_noise
 
     quiet_library_noise()
     warnings.filterwarnings("ignore", category=FutureWarning)  # renamed arguments inside the libraries
@@ -486,7 +486,7 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from sft.plan import count_parameters, make_plan
+    from sft.launch.plan import count_parameters, make_plan
     from sft.recipe import load_recipe
 
     model_config = AutoConfig.from_pretrained(model)
