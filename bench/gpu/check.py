@@ -16,6 +16,7 @@
    position_ids) and `wrapped` (documents concatenated and cut into rows of max_length, padding-free off: the
    attention runs over the whole row). `sft train` refuses packing on GPU without flash attention
    (sft/launch/profiles.py); those rows are measured anyway, through the same functions, and marked `refused`.
+   One more row, full-sdpa-padded, is what `sft train` runs with sdpa: whole documents in padded batches.
 4. Prints, per configuration: tokens/s (after --warmup steps, for --seconds-per-config or --steps), the achieved
    TFLOP/s and MFU with method-aware FLOPs (flops_per_token below), peak GPU memory (PyTorch's allocated and
    reserved peaks, and the device's: reserved peak plus what CUDA holds outside PyTorch), and `sft plan`'s
@@ -56,6 +57,10 @@ PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H1
              ("L40S", 362e12)]
 METHODS = ("full", "lora", "qlora")
 PACKINGS = ("bfd", "wrapped")
+# The baseline `sft train` runs with sdpa on a GPU (it refuses packing there without flash attention): padded
+# batches of whole documents, measured for full fine-tuning only (the time budget).
+PADDED = {"name": "full-sdpa-padded", "method": "full", "attn_implementation": "sdpa", "use_liger_kernel": False,
+          "packing_strategy": "padded"}
 LORA_RANK = 16
 # Never installed by this script: the machine's own CUDA build of PyTorch.
 NEVER_INSTALL = re.compile(r"^(torch|triton|nvidia-.*|cuda-.*)$")
@@ -202,6 +207,7 @@ def configurations(gpu: bool) -> tuple[list[dict], list[str]]:
     configs = [{"name": f"{method}-{label}-{packing}", "method": method, "attn_implementation": implementation,
                 "use_liger_kernel": liger, "packing_strategy": packing}
                for method in methods for label, implementation, liger in attentions for packing in PACKINGS]
+    configs.insert(len(PACKINGS), PADDED)  # after full fine-tuning's sdpa rows
     return configs, notes
 
 
@@ -212,13 +218,15 @@ def write_recipe(path: Path, model: Path, data: Path, config: dict, args) -> Non
         "model_name_or_path": str(model), "dataset_name": str(data), "output_dir": str(path.parent / "run"),
         "method": config["method"], "dtype": "bfloat16", "bf16": True,
         "attn_implementation": config["attn_implementation"], "use_liger_kernel": config["use_liger_kernel"],
-        "packing": True, "packing_strategy": config["packing_strategy"], "max_length": args.seq,
+        "packing": config["packing_strategy"] != "padded", "max_length": args.seq,
         "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1,
         # No recomputation: what MFU counts is what runs (1B fits an 80 GB GPU without checkpointing).
         "gradient_checkpointing": False, "max_steps": args.steps, "logging_steps": 10, "save_strategy": "no",
         "learning_rate": 1e-5, "report_to": "none", "seed": 0, "include_num_input_tokens_seen": "non_padding",
         "dataloader_num_workers": 0, "disable_tqdm": True,
     }
+    if recipe["packing"]:
+        recipe["packing_strategy"] = config["packing_strategy"]
     if config["method"] != "full":
         recipe |= {"lora_r": LORA_RANK, "lora_alpha": 2 * LORA_RANK, "lora_target_modules": ["all-linear"]}
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -306,7 +314,7 @@ def run_configuration(recipe_path: str, warmup: int, seconds: float) -> dict:
     dataset = trainer.train_dataset
     if "seq_lengths" in dataset.column_names:  # bfd: each document attends to itself
         lengths = [n for row in dataset["seq_lengths"] for n in row]
-    else:
+    else:  # wrapped: rows of max_length; padded: one document per row
         lengths = [len(ids) for ids in dataset["input_ids"]]
     out = {"refused": refused, "steps": trainer.state.global_step, "train_loss": result.training_loss,
            "keys_per_token": keys_per_token(lengths), "tokens_per_second": None, "timed_steps": 0}

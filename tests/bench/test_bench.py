@@ -144,7 +144,8 @@ def test_gpu_check_dry_run_trains_every_configuration_with_method_aware_mfu_and_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(report.read_text())
     methods = ["full", "lora"] + (["qlora"] if importlib.util.find_spec("bitsandbytes") else [])
-    assert [r["name"] for r in result["results"]] == [f"{m}-sdpa-{p}" for m in methods for p in ("bfd", "wrapped")]
+    names = [f"{m}-sdpa-{p}" for m in methods for p in ("bfd", "wrapped")]
+    assert [r["name"] for r in result["results"]] == names[:2] + ["full-sdpa-padded"] + names[2:]
     assert "left out: flash_attention_2: no GPU" in proc.stdout and "left out: liger: no GPU" in proc.stdout
 
     # P: every matmul weight of the model the check built (linears, and the tied embedding once, as the LM head)
@@ -153,11 +154,11 @@ def test_gpu_check_dry_run_trains_every_configuration_with_method_aware_mfu_and_
     adapter = sum(DRY_RANK * sum(t.shape) for name, t in weights.items() if t.ndim == 2 and "embed" not in name)
     shape = result["model"]
     layers, width = shape["num_hidden_layers"], shape["num_attention_heads"] * shape["head_dim"]
-    # Attention keys per token: bfd packs whole documents (each attends to itself: its characters and EOS);
-    # wrapped cuts the token stream into rows of max_length that attend across documents.
+    # Attention keys per token: bfd packs whole documents (each attends to itself: its characters and EOS), as
+    # padded batches do; wrapped cuts the token stream into rows of max_length that attend across documents.
     documents = [len(json.loads(line)["text"]) + 1 for line in (work / "data.jsonl").read_text().splitlines()]
     stream = sum(documents)
-    keys = {"bfd": causal_keys(documents),
+    keys = {"bfd": causal_keys(documents), "padded": causal_keys(documents),
             "wrapped": causal_keys([DRY_SEQ] * (stream // DRY_SEQ) + [stream % DRY_SEQ] * bool(stream % DRY_SEQ))}
     for r in result["results"]:
         assert (r["status"], r["refused"], r["steps"], r["timed_steps"]) == ("ok", None, 4, 3), r
