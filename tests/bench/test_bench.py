@@ -211,3 +211,31 @@ def test_gpu_check_names_the_unmet_requirements_and_installs_nothing_on_a_dry_ru
         "dependencies not satisfied: no-such-package-sft-test>=1", "not installing (--dry-run)"]
     assert check.install_missing(tmp_path / "absent", wanted, dry_run=False)[1] == (
         f"not installing (no wheel folder {tmp_path / 'absent'} (run bench/gpu/fetch_wheels.py where pip works))")
+
+
+def test_fetch_wheels_keeps_only_the_bitsandbytes_libraries_for_the_gpu_machines_cuda(tmp_path):
+    import zipfile
+
+    spec = importlib.util.spec_from_file_location("fetch_wheels", REPO / "bench" / "gpu" / "fetch_wheels.py")
+    fetch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetch)
+    wheel = tmp_path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
+    libraries = ["cpu", "cuda118", "cuda128", "cuda130", "cuda132", "rocm72", "xpu2026"]
+    files = {"bitsandbytes/__init__.py": b"x = 1\n", **{f"bitsandbytes/libbitsandbytes_{lib}.so": lib.encode() * 100
+                                                      for lib in libraries}}
+    record = "bitsandbytes-0.50.2.dist-info/RECORD"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr(record, "".join(f"{name},sha256=abc,{len(data)}\n" for name, data in files.items()) + f"{record},,\n")
+
+    fetch.slim_bitsandbytes(wheel, "13")
+    kept = ["bitsandbytes/__init__.py"] + [f"bitsandbytes/libbitsandbytes_{lib}.so" for lib in ("cpu", "cuda130",
+                                                                                              "cuda132")]
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == sorted(kept + [record])
+        assert [line.split(",")[0] for line in z.read(record).decode().splitlines()] == sorted(kept) + [record]
+        assert z.read("bitsandbytes/libbitsandbytes_cuda130.so") == b"cuda130" * 100
+    fetch.slim_bitsandbytes(wheel, "13")  # already slim: left as it is
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == sorted(kept + [record])
