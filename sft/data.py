@@ -412,9 +412,6 @@ def recipe_sources(recipe) -> tuple[list[Source], float | None, int, list[str]]:
     if handbook and trl_entries:
         raise UserError(f"{recipe.source}: both 'datasets' (TRL) and 'dataset_mixture' (alignment-handbook) are set; "
                         "keep one")
-    if recipe.mixture.streaming or recipe.script.dataset_streaming:
-        raise UserError(f"{recipe.source}: streaming datasets are not supported: sft reads and checks every row before "
-                        "training; remove streaming/dataset_streaming")
     sources = []
     if handbook:
         if not isinstance(handbook, dict):
@@ -706,7 +703,10 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     limit: only the first `limit` training examples are tokenized, and nothing is cached (sft preview)."""
     from sft.chat_templates import check_has_template
     from sft.masks import FALLBACKS, column, generation_stop_tokens, plan_masks, split_note, summarise, tokenize_all
+    from sft.streaming import prepare_streaming, wants_streaming
 
+    if wants_streaming(recipe):  # read, checked and masked as training reads it
+        return prepare_streaming(recipe, tokenizer, limit=limit, strict=strict)
     notes = []
     loss_mode = resolve_loss_mode(recipe, notes)
     if recipe.sft.mask_fallback not in FALLBACKS:

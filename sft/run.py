@@ -72,6 +72,11 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     }
     say(f"done: {summary['steps']} steps, train loss {summary['train_loss']:.4f}, {summary['tokens_seen']:,} tokens "
         f"seen, {summary['seconds']:.1f} s; model saved to {output_dir}")
+    from sft.streaming import StreamingData
+
+    if isinstance(data, StreamingData):  # what a streamed dataset held is known only now
+        summary["bad_rows_skipped"] = data.counts.bad
+        say(data.final_summary())
     trainer.accelerator.wait_for_everyone()  # no rank takes the process group down while another still saves
     trainer.end()
     if push and trainer.accelerator.is_main_process:

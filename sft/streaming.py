@@ -1,0 +1,380 @@
+"""Streaming datasets (`streaming: true` under `datasets:`, or TRL's `dataset_streaming: true`): rows are read,
+checked, normalised, rendered, tokenized and masked as training reads them, so a dataset larger than memory (or
+than the time one would spend preparing it) trains without a pass over all of it first.
+
+The rows go through the same functions as the non-streaming path (sft.data.normalise, sft.masks.encode_batch),
+inside `IterableDataset.map`. Before anything is written, the first HEAD_ROWS rows are checked as `sft check`
+checks a whole dataset (formats, template, masks, bad rows); the rest is checked as it is met: a bad row stops the
+run with the same one line as without streaming, or with skip_bad_rows is reported on its own line and counted.
+"""
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sft.data import (LOCAL_BUILDERS, PreparedData, Source, default_loss_mode, detect_format, local_data_files,
+                      normalise, recipe_sources, resolve_loss_mode)
+from sft.errors import UserError
+
+HEAD_ROWS = 1000  # rows checked up front (by `sft check`, and by `sft train` before it writes anything)
+MAP_BATCH_ROWS = 64  # rows normalised and tokenized together: small, so bad rows are reported soon after they are read
+
+
+def wants_streaming(recipe) -> bool:
+    """TRL's two spellings: `streaming` of a `datasets:` mixture, `dataset_streaming` of ScriptArguments."""
+    return bool(recipe.mixture.streaming or recipe.script.dataset_streaming)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading rows as they come
+
+
+def source_files(source: Source) -> list[Path] | None:
+    """The local files of a source (a file, folder or glob, or a json/csv/parquet builder with data_files), or
+    None for a Hub dataset."""
+    if source.data_files is None:
+        return local_data_files(source.path)
+    if source.path not in set(LOCAL_BUILDERS.values()):
+        return None
+    listed = [source.data_files] if isinstance(source.data_files, str) else source.data_files
+    return [f for entry in listed for f in (local_data_files(entry) or [Path(entry)])]
+
+
+def json_lines(path: Path):
+    """(where, row, problem) per non-blank line of a JSON Lines file; a line that is not a JSON object is a bad row
+    (named by file and line) rather than the end of the stream."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield where, None, f"not UTF-8 (byte {err.start + 1} of the line); save the file as UTF-8"
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield where, None, f"not valid JSON: {err.msg} (column {err.colno})"
+                continue
+            if not isinstance(row, dict):
+                yield where, None, f"each line must be a JSON object, got {type(row).__name__}"
+                continue
+            yield where, row, None
+
+
+def builder_rows(path: Path):
+    """(where, row, None) of a JSON array, CSV, Parquet or text file, streamed by datasets' own builder."""
+    from datasets import load_dataset
+
+    builder = LOCAL_BUILDERS.get(path.suffix)
+    if builder is None:
+        raise UserError(f"{path}: unsupported file type (use {', '.join(LOCAL_BUILDERS)})")
+    try:
+        for index, row in enumerate(load_dataset(builder, data_files=[str(path)], split="train", streaming=True)):
+            yield f"{path} row {index + 1}", row, None
+    except (ValueError, TypeError, OSError) as err:  # datasets' parser errors name neither the file nor the row
+        raise UserError(f"{path}: could not read as {builder}: {str(err).strip().splitlines()[0]}") from err
+
+
+def is_json_lines(path: Path) -> bool:
+    if path.suffix == ".jsonl":
+        return True
+    with path.open("rb") as handle:
+        return path.suffix == ".json" and handle.read(64).lstrip()[:1] != b"["
+
+
+def hub_rows(source: Source):
+    """(where, row, None) of a Hub dataset (or any name datasets.load_dataset streams)."""
+    from datasets import load_dataset
+
+    try:
+        stream = load_dataset(source.path, name=source.name, split=source.split, data_files=source.data_files,
+                              data_dir=source.data_dir, streaming=True)
+    except FileNotFoundError as err:
+        raise UserError(f"{source.label}: dataset {source.path} not found locally or on the Hub "
+                        f"({str(err).splitlines()[0]})") from err
+    except (ValueError, ConnectionError, OSError) as err:
+        raise UserError(f"{source.label}: {source.path}: {str(err).splitlines()[0]}") from err
+    for index, row in enumerate(stream):
+        yield f"{source.path}[{source.split}] row {index + 1}", row, None
+
+
+def raw_rows(source: Source):
+    """(where, row or None, problem or None) of one source, in order, read lazily."""
+    files = source_files(source)
+    if files is None:
+        yield from hub_rows(source)
+        return
+    for path in files:
+        yield from json_lines(path) if is_json_lines(path) else builder_rows(path)
+
+
+def shaped(row: dict, source: Source, text_field: str) -> dict:
+    """A row with the source's `columns` kept and its `column_mapping` (and dataset_text_field) applied."""
+    if source.columns:
+        row = {name: row.get(name) for name in source.columns}
+    mapping = dict(source.column_mapping or {})
+    if text_field != "text" and text_field in row and "text" not in row:
+        mapping.setdefault(text_field, "text")
+    return {mapping.get(name, name): value for name, value in row.items()}
+
+
+def stream_generator(source: Source, index: int, text_field: str):
+    """IterableDataset.from_generator's generator: one source's rows with where they came from."""
+    for position, (where, row, problem) in enumerate(raw_rows(source)):
+        yield {"where": where, "row": None if row is None else shaped(row, source, text_field), "problem": problem,
+               "source": index, "position": position}
+
+
+def source_format(source: Source, recipe, text_field: str) -> str:
+    """The format of a source, told from its first row that is a JSON object (the stream is not read further)."""
+    for where, row, _ in raw_rows(source):
+        if row is None:
+            continue
+        if source.columns:
+            missing = [c for c in source.columns if c not in row]
+            if missing:
+                raise UserError(f"{source.label}: columns {missing} not found; the first row ({where}) has "
+                                f"{sorted(row)}")
+        unknown = [c for c in (source.column_mapping or {}) if c not in row]
+        if unknown:
+            raise UserError(f"{source.label}: column_mapping names columns {unknown} that the first row ({where}) "
+                            f"does not have (it has {sorted(row)})")
+        return detect_format(shaped(row, source, text_field), source.format or recipe.sft.dataset_format,
+                             source.label, "text")
+    raise UserError(f"{source.label}: the dataset is empty")
+
+
+def row_stream(sources: list[Source], seed: int, text_field: str):
+    """One IterableDataset of raw rows for all sources: several are interleaved (fractions as probabilities,
+    stopping when one runs out so none is oversampled; otherwise alternating until every row was read once)."""
+    from datasets import IterableDataset, interleave_datasets
+
+    streams = [IterableDataset.from_generator(stream_generator, gen_kwargs={"source": source, "index": index,
+                                                                            "text_field": text_field})
+               for index, source in enumerate(sources)]
+    if len(streams) == 1:
+        return streams[0]
+    fractions = [s.fraction for s in sources]
+    if all(f is not None for f in fractions):
+        return interleave_datasets(streams, probabilities=[f / sum(fractions) for f in fractions], seed=seed,
+                                   stopping_strategy="first_exhausted")
+    return interleave_datasets(streams, stopping_strategy="all_exhausted_without_replacement")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checking, normalising and masking batches of rows
+
+
+@dataclass
+class StreamCounts:
+    """What the stream held so far. Rows are counted (and bad ones reported) once: TRL reads the first example
+    before training, and the Trainer reads a stream that ends before max_steps again."""
+
+    rows: int = 0
+    examples: int = 0
+    bad: int = 0
+    dropped: int = 0  # every trained token past max_length
+    truncated: int = 0
+    read: dict = field(default_factory=dict)  # source index -> rows of it counted (its rows arrive in order)
+
+    def is_new(self, source: int, position: int) -> bool:
+        if position < self.read.get(source, 0):
+            return False
+        self.read[source] = position + 1
+        return True
+
+
+class RowMasker:
+    """The `IterableDataset.map` function of a streamed run: a batch of raw rows normalised (sft.data.normalise),
+    rendered, tokenized and masked (sft.masks.encode_batch); only examples with trained tokens leave it. A bad row
+    stops the run with the non-streaming path's one line, or, with skip_bad_rows, is reported on a line of its
+    own and counted."""
+
+    def __init__(self, formats: list[str], recipe, tokenizer, plan, loss_mode):
+        self.formats = formats
+        self.instruction_template = recipe.sft.instruction_template
+        self.skip_bad_rows = recipe.sft.skip_bad_rows
+        self.settings = dict(tokenizer=tokenizer, plan=plan, loss_mode=loss_mode,
+                             max_length=recipe.training.max_length,
+                             truncation_mode=recipe.training.truncation_mode, fallback=recipe.sft.mask_fallback,
+                             source="training data")
+        self.counts = StreamCounts()
+        self.chat = False  # some example goes through the chat template
+
+    def normalised(self, batch) -> tuple[dict, list[tuple[str, str]]]:
+        """({example, where, source} of the good rows, [(where, reason)] of the bad ones)."""
+        good, bad = {"example": [], "where": [], "source": []}, []
+        for where, row, problem, index in zip(batch["where"], batch["row"], batch["problem"], batch["source"]):
+            if problem is None:
+                try:
+                    example = normalise(row, self.formats[index], self.instruction_template)
+                except ValueError as err:
+                    problem = str(err)
+            if problem is not None:
+                bad.append((where, problem))
+                continue
+            self.chat = self.chat or "messages" in example
+            # key order kept, as without streaming: templates write mappings in the order they are given
+            good["example"].append(json.dumps(example, ensure_ascii=False))
+            good["where"].append(where)
+            good["source"].append(index)
+        return good, bad
+
+    def encoded(self, good: dict):
+        """The full table of encode_batch (input_ids, labels, trained, lost, error, where, ...) as a dict of lists."""
+        from sft.masks import encode_batch
+
+        if not good["example"]:
+            return {}
+        return encode_batch(good, range(len(good["example"])), **self.settings).to_pydict()
+
+    def __call__(self, batch) -> dict:
+        counts = self.counts
+        new = {where for where, source, position in zip(batch["where"], batch["source"], batch["position"])
+               if counts.is_new(source, position)}
+        good, bad = self.normalised(batch)
+        full = self.encoded(good)
+        out = {"input_ids": [], "labels": []}
+        for i, ids in enumerate(full.get("input_ids", [])):
+            where = full["where"][i]
+            if full["error"][i]:
+                bad.append((where, full["error"][i]))
+            elif full["lost"][i]:
+                counts.dropped += where in new
+            elif full["trained"][i] == 0:
+                bad.append((where, "no token would be trained in this example"))
+            else:
+                out["input_ids"].append(ids)
+                out["labels"].append(full["labels"][i])
+                counts.examples += where in new
+                counts.truncated += where in new and full["truncated"][i]
+        counts.rows += len(new)
+        for where, reason in bad:
+            self.met_bad_row(where, reason, where in new)
+        return out
+
+    def met_bad_row(self, where: str, reason: str, new: bool) -> None:
+        from sft.logs import say
+        from sft.masks import describe_bad_rows
+
+        if not self.skip_bad_rows:
+            raise UserError(describe_bad_rows([(where, reason)]))
+        if not new:  # reported when it was first read
+            return
+        self.counts.bad += 1
+        say(f"bad row skipped ({self.counts.bad} so far): {where}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the trainer receives
+
+
+@dataclass
+class StreamingData(PreparedData):
+    """PreparedData whose `train` is an IterableDataset; stats, train_full and problems are those of the first
+    HEAD_ROWS rows, checked up front."""
+
+    counts: StreamCounts = None
+    head_rows: int = 0
+
+    def summary(self) -> str:
+        s = self.stats
+        share = s["trained_tokens"] / max(s["tokens"], 1)
+        formats = ", ".join(sorted({src["format"] for src in s["sources"]}))
+        return (f"data: streamed ({formats}, loss on {s['loss_mode']}); the first {self.head_rows:,} rows checked: "
+                f"{s['kept']:,} examples, {share:.0%} of tokens trained, {s['skipped_bad']} bad rows")
+
+    def final_summary(self) -> str:
+        c = self.counts
+        return (f"data: streamed {c.rows:,} rows: {c.examples:,} examples, {c.bad:,} bad rows skipped, "
+                f"{c.dropped:,} dropped (every trained token past max_length), {c.truncated:,} truncated")
+
+
+def streaming_problems(recipe, sources: list[Source], test_size) -> list[str]:
+    """What a streamed run cannot do, each as the one line that says what to change."""
+    problems = []
+    strategy = getattr(recipe.training.eval_strategy, "value", recipe.training.eval_strategy)
+    if (recipe.training.max_steps or 0) <= 0:
+        problems.append(f"{recipe.source}: max_steps: a streamed dataset has no length to count epochs in; set "
+                        "max_steps (e.g. max_steps: 1000) or streaming: false")
+    if test_size is not None:
+        problems.append(f"{recipe.source}: test_split_size: a streamed dataset cannot be split (its length is unknown); "
+                        "remove test_split_size or set streaming: false")
+    elif strategy not in ("no", None):
+        problems.append(f"{recipe.source}: eval_strategy is {strategy} but a streamed dataset has no eval split; set "
+                        "eval_strategy: no or streaming: false")
+    for source in sources:
+        if source.weight not in (None, 1, 1.0):
+            problems.append(f"{source.label}: weight: a seeded share of a streamed dataset cannot be drawn; remove "
+                            "weight or set streaming: false")
+    return problems
+
+
+def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool = True) -> StreamingData:
+    """The streamed counterpart of sft.data.prepare_data: the first rows checked now, the rest as they stream.
+
+    limit: only the first `limit` rows are read and tokenized (sft preview); no stream is built."""
+    from datasets import Dataset, Features, List, Value
+
+    from sft.chat_templates import check_has_template
+    from sft.masks import (COLUMNS, FALLBACKS, Tokenized, column, describe_bad_rows, generation_stop_tokens,
+                           plan_masks, split_note, summarise)
+    from sft.masks.tokenize import arrow_table
+
+    notes = []
+    loss_mode = resolve_loss_mode(recipe, notes)
+    if recipe.sft.mask_fallback not in FALLBACKS:
+        raise UserError(f"{recipe.source}: mask_fallback must be one of {', '.join(FALLBACKS)}")
+    sources, test_size, seed, source_notes = recipe_sources(recipe)
+    notes += source_notes
+    problems = streaming_problems(recipe, sources, test_size) if limit is None else []
+    if strict and problems:
+        raise UserError(problems[0])
+    text_field = recipe.training.dataset_text_field or "text"
+    formats = [source_format(source, recipe, text_field) for source in sources]
+    plan = plan_masks(tokenizer, loss_mode, stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path,
+                                                                               tokenizer),
+                      template_kwargs=recipe.sft.chat_template_kwargs)
+    masker = RowMasker(formats, recipe, tokenizer, plan, loss_mode)
+    raw = row_stream(sources, seed, text_field)
+
+    # The first rows, checked as a whole dataset is without streaming (the same summary, problems and statistics).
+    head = list(itertools.islice(iter(raw), HEAD_ROWS if limit is None else limit))
+    good, bad = masker.normalised({key: [row[key] for row in head] for key in ("where", "row", "problem", "source")})
+    if masker.chat:
+        check_has_template(tokenizer, recipe.source)
+    full = Dataset(arrow_table(masker.encoded(good) or {name: [] for name in COLUMNS}))
+    keep, stats, head_problems = summarise(Tokenized(full, "off", plan), "training data", recipe.sft.skip_bad_rows,
+                                           recipe.sft.max_dropped_fraction, recipe.training.max_length)
+    if bad and not recipe.sft.skip_bad_rows:
+        problems.append(describe_bad_rows(bad))
+    problems += head_problems
+    notes += [note for note in [split_note("training data", stats)] if note]
+    notes.append(f"streaming: the first {len(head):,} rows are checked before training; the rest is checked, "
+                 "normalised and masked as training reads it (bad rows reported as they are met)")
+    source_of = {row["where"]: row["source"] for row in head}
+    kept_sources = column(full.select(keep), "source")
+    stats.update({
+        "loss_mode": loss_mode or "/".join(sorted({default_loss_mode(f) for f in formats})),
+        "skipped_bad": stats["skipped_bad"] + len(bad),
+        "duplicates_removed": 0,
+        "streaming": True,
+        "checked_rows": len(head),
+        "sources": [{"name": source.label, "format": fmt, "rows": list(source_of.values()).count(index),
+                     "bad": [source_of[where] for where, _ in bad].count(index),
+                     "examples": kept_sources.count(index)}
+                    for index, (source, fmt) in enumerate(zip(sources, formats))],
+    })
+    if strict and problems:
+        raise UserError(problems[0])
+
+    ids = List(Value("int32"))
+    train = None if limit is not None else raw.map(
+        masker, batched=True, batch_size=MAP_BATCH_ROWS, remove_columns=["where", "row", "problem", "source", "position"],
+        features=Features({"input_ids": ids, "labels": ids}))
+    return StreamingData(train, None, stats, problems, notes, full.select(keep), None, counts=masker.counts,
+                         head_rows=len(head))
