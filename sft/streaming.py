@@ -123,10 +123,18 @@ def shaped(row: dict, source: Source, text_field: str) -> dict:
 
 
 def stream_generator(source: Source, index: int, text_field: str):
-    """IterableDataset.from_generator's generator: one source's rows with where they came from."""
+    """IterableDataset.from_generator's generator: one source's rows, with where they came from. Each row travels
+    as JSON text: datasets would otherwise give every row of a mixture the columns of the others' rows."""
     for position, (where, row, problem) in enumerate(raw_rows(source)):
-        yield {"where": where, "row": None if row is None else shaped(row, source, text_field), "problem": problem,
-               "source": index, "position": position}
+        text = None if row is None else json.dumps(shaped(row, source, text_field), ensure_ascii=False, default=str)
+        yield {"where": where, "row": text, "problem": problem, "source": index, "position": position}
+
+
+def stream_features():
+    from datasets import Features, Value
+
+    return Features({"where": Value("string"), "row": Value("string"), "problem": Value("string"),
+                     "source": Value("int32"), "position": Value("int64")})
 
 
 def source_format(source: Source, recipe, text_field: str) -> str:
@@ -153,9 +161,8 @@ def row_stream(sources: list[Source], seed: int, text_field: str):
     stopping when one runs out so none is oversampled; otherwise alternating until every row was read once)."""
     from datasets import IterableDataset, interleave_datasets
 
-    streams = [IterableDataset.from_generator(stream_generator, gen_kwargs={"source": source, "index": index,
-                                                                            "text_field": text_field})
-               for index, source in enumerate(sources)]
+    streams = [IterableDataset.from_generator(stream_generator, features=stream_features(), gen_kwargs={
+        "source": source, "index": index, "text_field": text_field}) for index, source in enumerate(sources)]
     if len(streams) == 1:
         return streams[0]
     fractions = [s.fraction for s in sources]
@@ -211,7 +218,7 @@ class RowMasker:
         for where, row, problem, index in zip(batch["where"], batch["row"], batch["problem"], batch["source"]):
             if problem is None:
                 try:
-                    example = normalise(row, self.formats[index], self.instruction_template)
+                    example = normalise(json.loads(row), self.formats[index], self.instruction_template)
                 except ValueError as err:
                     problem = str(err)
             if problem is not None:
@@ -348,7 +355,7 @@ def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool 
     if masker.chat:
         check_has_template(tokenizer, recipe.source)
     full = Dataset(arrow_table(masker.encoded(good) or {name: [] for name in COLUMNS}))
-    keep, stats, head_problems = summarise(Tokenized(full, "off", plan), "training data", recipe.sft.skip_bad_rows,
+    keep, stats, head_problems = summarise(Tokenized(full, "streamed", plan), "training data", recipe.sft.skip_bad_rows,
                                            recipe.sft.max_dropped_fraction, recipe.training.max_length)
     if bad and not recipe.sft.skip_bad_rows:
         problems.append(describe_bad_rows(bad))

@@ -52,5 +52,6 @@ def summary_lines(data, recipe) -> list[str]:
     if s.get("fallback"):
         lines.append(f"mask_fallback {recipe.sft.mask_fallback}: used for {s['fallback']:,} examples")
     lines.append("tokenized data: " + {"hit": "reused from the cache", "miss": "cached for the run",
-                                       "off": "not cached (data_cache: false)"}[s["cache"]])
+                                       "off": "not cached (data_cache: false)",
+                                       "streamed": "not cached (streamed: masked as training reads it)"}[s["cache"]])
     return lines
