@@ -175,3 +175,20 @@ def test_mixtures_interleave_and_parquet_and_csv_stream(tmp_path, tiny_model):
         f"{first}:3", f"{tmp_path / 'b.parquet'} row 3", f"{tmp_path / 'b.parquet'} row 4"]
     assert [s["format"] for s in data.stats["sources"]] == ["chat", "prompt_completion", "text"]
     assert len(list(data.train)) == 9  # the stream itself: every row, masked
+
+
+def test_a_hub_dataset_streams_from_a_loopback_hub(hub, tmp_path, tiny_model):
+    from tests.hub_server import Repo
+
+    lines = [json.dumps(chat(i)) for i in range(12)]
+    lines[2] = BAD_ROLE
+    repo = Repo("someone/chat-data", "dataset")
+    repo.commit("main", {"data/train.jsonl": "".join(line + "\n" for line in lines).encode()}, [])
+    hub.state.repos[("dataset", "someone/chat-data")] = repo
+    recipe = streaming_recipe(tmp_path, tiny_model, "someone/chat-data", skip_bad_rows=True, max_steps=2)
+    result = run_cli("train", recipe, env={**hub.env, "HF_DATASETS_OFFLINE": "0",
+                                           "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"sft: bad row skipped (1 so far): someone/chat-data[train] row 3: {BAD_ROLE_REASON}" in result.stderr
+    assert "sft: done: 2 steps" in result.stderr and "2 bad rows" not in result.stderr
+    assert not (tmp_path / "datasets-cache").exists() or not list((tmp_path / "datasets-cache").rglob("*.arrow"))

@@ -15,6 +15,7 @@ def looks_like(data: dict) -> bool:
 
 RENAMED = {
     "cutoff_len": "max_length",
+    "streaming": "dataset_streaming",  # TRL's name; sft streams local files and Hub datasets alike
     "val_size": "test_split_size",
     "enable_liger_kernel": "use_liger_kernel",
     "use_dora": "use_dora",
@@ -29,7 +30,6 @@ UNSUPPORTED = {
     "eval_dataset": "sft evaluates on a split of the training data (test_split_size, from val_size)",
     "mix_strategy": "sft concatenates the datasets (or mixes them by `fraction` in datasets:)",
     "interleave_probs": "use `fraction` on each entry of datasets: instead",
-    "streaming": "sft reads and checks every row before training; streaming is not supported",
     "tokenized_path": "sft caches tokenized data itself (under $SFT_CACHE_DIR, default the datasets cache)",
     "use_unsloth": "not supported",
     "neat_packing": "use packing: true with padding_free: true (examples do not attend to each other)",
