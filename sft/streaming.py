@@ -314,6 +314,9 @@ def streaming_problems(recipe, sources: list[Source], test_size) -> list[str]:
     elif strategy not in ("no", None):
         problems.append(f"{recipe.source}: eval_strategy is {strategy} but a streamed dataset has no eval split; set "
                         "eval_strategy: no or streaming: false")
+    if recipe.training.dataloader_num_workers:  # worker processes would count and report rows the run never hears of
+        problems.append(f"{recipe.source}: dataloader_num_workers: a streamed dataset is checked and its bad rows "
+                        "counted in the training process; set dataloader_num_workers: 0 or streaming: false")
     for source in sources:
         if source.weight not in (None, 1, 1.0):
             problems.append(f"{source.label}: weight: a seeded share of a streamed dataset cannot be drawn; remove "

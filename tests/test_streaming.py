@@ -111,8 +111,11 @@ def test_a_bad_row_past_the_checked_head_stops_training_when_met(tmp_path, tiny_
     result = run_cli("train", streaming_recipe(tmp_path, tiny_model, dataset, max_steps=40,
                                                per_device_train_batch_size=64))
     assert result.returncode == 2
-    assert result.stderr.rstrip().endswith(f"error: {dataset}:1050: {BAD_ROLE_REASON}; fix the data or set "
-                                           "skip_bad_rows: true to skip and count such rows")
+    expected = f"error: {dataset}:1050: {BAD_ROLE_REASON}; fix the data or set skip_bad_rows: true to skip and " \
+               "count such rows"
+    # The line ends the progress bar's line it interrupts (tqdm leaves its line open), and is said once.
+    assert result.stderr.count("error: ") == 1
+    assert [line for line in result.stderr.splitlines() if line.endswith(expected)]
     assert "Traceback" not in result.stderr and not (tmp_path / "out" / "model.safetensors").exists()
 
 
@@ -121,6 +124,8 @@ def test_a_bad_row_past_the_checked_head_stops_training_when_met(tmp_path, tiny_
                           "max_steps: 1000) or streaming: false"),
     ({"test_split_size": 0.1}, "test_split_size: a streamed dataset cannot be split (its length is unknown); remove "
                                "test_split_size or set streaming: false"),
+    ({"dataloader_num_workers": 2}, "dataloader_num_workers: a streamed dataset is checked and its bad rows counted "
+                                    "in the training process; set dataloader_num_workers: 0 or streaming: false"),
     ({"eval_strategy": "steps", "eval_steps": 2}, "eval_strategy is steps but a streamed dataset has no eval split; "
                                                   "set eval_strategy: no or streaming: false"),
 ])
