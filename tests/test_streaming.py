@@ -197,3 +197,21 @@ def test_a_hub_dataset_streams_from_a_loopback_hub(hub, tmp_path, tiny_model):
     assert f"sft: bad row skipped (1 so far): someone/chat-data[train] row 3: {BAD_ROLE_REASON}" in result.stderr
     assert "sft: done: 2 steps" in result.stderr and "2 bad rows" not in result.stderr
     assert not (tmp_path / "datasets-cache").exists() or not list((tmp_path / "datasets-cache").rglob("*.arrow"))
+
+
+def test_over_long_rows_are_truncated_and_dropped_as_without_streaming(tmp_path, tiny_model):
+    # Long prompts: some answers are cut by max_length (truncated), some lie wholly past it (dropped).
+    lines = [json.dumps({"messages": [{"role": "user", "content": "x" * (10 * i)},
+                                      {"role": "assistant", "content": "YES"}]}) for i in range(12)]
+    dataset = write_lines(tmp_path / "long.jsonl", lines)
+    recipe_path = streaming_recipe(tmp_path, tiny_model, dataset, max_length=60, max_dropped_fraction=0.9)
+    streamed = load_recipe(str(recipe_path))
+    data = prepare_data(streamed, recipe_tokenizer(streamed))
+    examples = list(data.train)
+    plain = load_recipe(str(recipe_path), ["--dataset_streaming", "false"])
+    expected = prepare_data(plain, recipe_tokenizer(plain))
+    assert expected.stats["truncated"] > 0 and expected.stats["dropped_truncated"] > 0
+    assert (data.counts.truncated, data.counts.dropped) == (expected.stats["truncated"],
+                                                            expected.stats["dropped_truncated"])
+    assert [(e["input_ids"], e["labels"]) for e in examples] == [(r["input_ids"], r["labels"]) for r in expected.train]
+    assert all(len(e["input_ids"]) <= 60 for e in examples)
