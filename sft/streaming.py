@@ -265,7 +265,7 @@ class RowMasker:
         return out
 
     def met_bad_row(self, where: str, reason: str, new: bool) -> None:
-        from sft.logs import say
+        from sft.console import say
         from sft.masks import describe_bad_rows
 
         if not self.skip_bad_rows:
