@@ -183,7 +183,7 @@ def test_mixtures_interleave_and_parquet_and_csv_stream(tmp_path, tiny_model):
 
 
 def test_a_hub_dataset_streams_from_a_loopback_hub(hub, tmp_path, tiny_model):
-    from tests.hub_server import Repo
+    from tests.support.hub_server import Repo
 
     lines = [json.dumps(chat(i)) for i in range(12)]
     lines[2] = BAD_ROLE
