@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.io import percentiles, write_atomic, write_jsonl
 
 SHINGLE = 5  # characters per shingle for near-duplicate detection
 NUM_PERM = 128  # MinHash signature length
@@ -81,8 +82,6 @@ def token_lengths(examples: list[dict], tokenizer) -> list[int]:
 
 
 def write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
-    from sft.evaluation import write_jsonl
-
     write_jsonl(path, [{k: row[k] for k in columns if row.get(k) is not None} for row in rows])
 
 
@@ -102,15 +101,6 @@ def refuse_overwriting_inputs(target: Path, inputs: list[str]) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Statistics
-
-
-def percentiles(values: list[int], points=(50, 90, 95, 99)) -> dict:
-    """Nearest-rank percentiles, plus min, max and mean."""
-    if not values:
-        return {}
-    ordered = sorted(values)
-    result = {f"p{p}": ordered[min(len(ordered) - 1, max(0, -(-p * len(ordered) // 100) - 1))] for p in points}
-    return {"min": ordered[0], **result, "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
 
 
 def stats(files: list[str], tokenizer, out_dir: Path, bins: int = 40) -> dict:
@@ -146,7 +136,7 @@ def stats(files: list[str], tokenizer, out_dir: Path, bins: int = 40) -> dict:
     fig.tight_layout()
     fig.savefig(out_dir / "token_lengths.png")
     plt.close(fig)
-    (out_dir / "stats.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / "stats.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -267,7 +257,7 @@ def dedupe(files: list[str], out_dir: Path, threshold: float = 0.8, drop_empty: 
         columns = list(raw[0].keys()) if raw else []
         write_rows(target, kept, columns)
         report[path] = {**counts, "output": str(target)}
-    (out_dir / "dedupe.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / "dedupe.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -319,5 +309,5 @@ def split(files: list[str], out_dir: Path, ratios: list[float], seed: int = 0) -
         target = out_dir / f"{name}.jsonl"
         write_rows(target, chosen, columns)
         report[name] = {"rows": len(chosen), "output": str(target)}
-    (out_dir / "split.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / "split.json", json.dumps(report, indent=2) + "\n")
     return report

@@ -241,12 +241,3 @@ def lm_eval_tasks(loaded, tasks: list[str], manager, batch_size: int, limit: int
                    if isinstance(value, (int, float)) and not isinstance(value, bool)}
             for task, values in results["results"].items()}
 
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    """Written beside, then moved into place: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)

@@ -20,6 +20,7 @@ import yaml
 
 from sft.chat_templates import is_inline_jinja
 from sft.errors import UserError, read_utf8
+from sft.io import write_atomic
 from sft.migrate import refuse_foreign_config
 from sft.launch.profiles import PROFILES
 from sft.recipe_args import as_written_for_text_fields, plain_scalar_texts, typed_overrides
@@ -552,6 +553,4 @@ def write_resolved(recipe: Recipe, path: Path, extra_provenance: dict | None = N
     values["provenance"] = {"source": recipe.source, "versions": package_versions(), **(extra_provenance or {})}
     text = "# Resolved by sft: every effective value. `sft train <this file>` reproduces the run.\n"
     text += yaml.safe_dump(values, sort_keys=False, default_flow_style=None, width=120)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.io import read_jsonl
 
 # plot file -> [(series label, metric keys tried in order)]
 PLOTS = {
@@ -26,13 +27,7 @@ def read_history(run_dir: str) -> tuple[list[dict], str]:
         raise UserError(f"{run_dir}: not a directory; give a run's output_dir")
     metrics = root / "metrics.jsonl"
     if metrics.is_file():
-        records = []
-        for number, line in enumerate(metrics.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise UserError(f"{metrics}:{number}: not valid JSON") from None
+        records = read_jsonl(metrics)
         if records:
             return latest_per_step(records), str(metrics)
     checkpoints = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT.match(p.name)))

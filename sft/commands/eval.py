@@ -52,8 +52,8 @@ def command(model_or_run, data_file, recipe, metrics, tasks, include_path, base,
         lm_eval_tasks,
         perplexity,
         read_eval_rows,
-        write_jsonl,
     )
+    from sft.io import write_jsonl
     from sft.generation import load, model_folder, quiet, run_recipe_values
 
     quiet()

@@ -43,7 +43,7 @@ def command(model, prompts, file, output, max_new_tokens, batch_size, sample, te
                        max_new_tokens=max_new_tokens, batch_size=batch_size, **overrides)
     rows = [{"prompt": p, "completion": a} for p, a in zip(shown, answers)]
     if output:
-        from sft.evaluation import write_jsonl
+        from sft.io import write_jsonl
 
         write_jsonl(Path(output), rows)
         click.echo(f"sft: {len(rows)} completions written to {output}", err=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.io import write_atomic
 from sft.launch.profiles import ACCELERATE_CONFIGS, PROFILES, ROOT, RUN_SCRIPT, applicable  # standard library only
 
 # The batch script names a file here; the training processes stop at the next step boundary once it exists.
@@ -240,11 +241,7 @@ def build_script(job: SlurmJob, command_line: str = "") -> str:
 
 def write_script(text: str, path: Path) -> None:
     """Write whole or not at all."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(0o755)
-    tmp.replace(path)
+    write_atomic(path, text, mode=0o755)
 
 
 def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, model_config: str | None = None):

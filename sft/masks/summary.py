@@ -1,5 +1,7 @@
 """What a tokenized dataset holds: the rows to train on, their statistics, and the problems, each naming a row."""
 
+from sft.io import percentiles
+
 
 def column(dataset, name) -> list:
     return dataset.data.column(name).to_pylist() if dataset._indices is None else dataset[name]
@@ -59,9 +61,3 @@ def describe_bad_rows(bad: list[tuple[str, str]]) -> str:
     more = f" ({len(bad) - 1} more bad rows, e.g. {bad[1][0]}: {bad[1][1]})" if len(bad) > 1 else ""
     return f"{where}: {reason}{more}; fix the data or set skip_bad_rows: true to skip and count such rows"
 
-
-def percentiles(sorted_values: list[int]) -> dict:
-    if not sorted_values:
-        return {}
-    pick = lambda q: sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]  # noqa: E731
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": sorted_values[-1]}

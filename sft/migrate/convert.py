@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.io import write_atomic
 from sft.migrate import TOOLS, foreign_tool
 
 # Recipe keys in the order a reader looks for them; the rest follow in the order they were mapped.
@@ -265,7 +266,4 @@ def check_output(address: str, output: Path, force: bool) -> None:
 def write(migration: Migration, output: Path) -> None:
     """Whole or not at all: a temporary file beside the recipe, then renamed over it."""
     text = recipe_text(migration, output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    partial.write_text(text)
-    partial.replace(output)
+    write_atomic(output, text)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from sft.train.checkpoints import COMPLETE_MARKER
+from sft.io import write_atomic
 from sft.launch.slurm import STOP_FILE_ENV
+from sft.train.checkpoints import COMPLETE_MARKER
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # SIGINT: Ctrl-C
 
@@ -90,9 +91,7 @@ class MarkCompleteCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                tmp = folder / (COMPLETE_MARKER + ".tmp")
-                tmp.write_text(json.dumps({"global_step": state.global_step}) + "\n")
-                tmp.replace(folder / COMPLETE_MARKER)
+                write_atomic(folder / COMPLETE_MARKER, json.dumps({"global_step": state.global_step}) + "\n")
                 rotate_checkpoints(args.output_dir, self.save_total_limit, state.best_model_checkpoint,
                                    use_mtime=True)
         return control

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sft.curation import DuplicateIndex, percentiles
+from sft.curation import DuplicateIndex
 from tests.conftest import run_cli
 
 
@@ -21,11 +21,6 @@ def write_jsonl(path, rows):
 
 def qa(i, answer=None):
     return {"instruction": f"Question number {i}: what is {i} plus {i}?", "output": answer or f"It is {2 * i}."}
-
-
-def test_percentiles_nearest_rank():
-    values = list(range(1, 101))
-    assert percentiles(values) == {"min": 1, "p50": 50, "p90": 90, "p95": 95, "p99": 99, "max": 100, "mean": 50.5}
 
 
 def test_near_duplicates_by_shingles():
