@@ -1,12 +1,10 @@
 """Evaluating a trained model on held-out data: perplexity on the trained tokens, and generation metrics on
-prompt/answer data (exact match, contains, ROUGE-L, BLEU: computed here, offline, nothing downloaded), with a file
-holding every prompt, reference and prediction. lm-evaluation-harness tasks when that package is installed (the
-`eval` extra), including local YAML tasks over local data files."""
+prompt/answer data (exact match, contains; ROUGE-L by rouge-score and corpus BLEU by sacrebleu, offline, so the
+scores compare with published ones), with a file holding every prompt, reference and prediction.
+lm-evaluation-harness tasks when that package is installed (the `eval` extra), including local YAML tasks over
+local data files."""
 
-import json
 import math
-import re
-from collections import Counter
 from pathlib import Path
 
 from sft.errors import UserError
@@ -24,11 +22,6 @@ def normalise_answer(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def words(text: str) -> list[str]:
-    """Lowercased words and punctuation marks, the tokenization both ROUGE-L and BLEU use here."""
-    return re.findall(r"\w+|[^\w\s]", text.lower())
-
-
 def exact_match(prediction: str, reference: str, case_sensitive: bool = False) -> float:
     if case_sensitive:  # only surrounding and repeated whitespace do not count
         return float(prediction.split() == reference.split())
@@ -41,49 +34,22 @@ def contains(prediction: str, expected: str | list[str]) -> float:
     return float(all(normalise_answer(e) in normalise_answer(prediction) for e in wanted))
 
 
-def lcs_length(a: list, b: list) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over words (Lin, 2004, with beta = 1)."""
-    pred, ref = words(prediction), words(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    lcs = lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """rouge-score's ROUGE-L F-measure (its default tokenizer: lowercased ASCII letters and digits, no stemming),
+    the figure papers report as ROUGE-L."""
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure
 
 
-def ngrams(tokens: list[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+def corpus_bleu(predictions: list[str], references: list[str]) -> tuple[float, str]:
+    """(sacrebleu's corpus BLEU in [0, 100], its signature): one reference per prediction, sacrebleu's defaults
+    (13a tokenization, mixed case, exponential smoothing). The signature says how the score was computed, so it
+    can be compared with a published one."""
+    from sacrebleu.metrics import BLEU
 
-
-def corpus_bleu(predictions: list[str], references: list[str], max_n: int = 4) -> float:
-    """Corpus BLEU-4 (Papineni et al., 2002) in [0, 100]: clipped n-gram precisions pooled over the corpus, their
-    geometric mean, times the brevity penalty. One reference per prediction."""
-    matches, totals = [0] * max_n, [0] * max_n
-    pred_length = ref_length = 0
-    for prediction, reference in zip(predictions, references):
-        pred, ref = words(prediction), words(reference)
-        pred_length, ref_length = pred_length + len(pred), ref_length + len(ref)
-        for n in range(1, max_n + 1):
-            pred_ngrams, ref_ngrams = ngrams(pred, n), ngrams(ref, n)
-            matches[n - 1] += sum(min(count, ref_ngrams[g]) for g, count in pred_ngrams.items())
-            totals[n - 1] += max(len(pred) - n + 1, 0)
-    if pred_length == 0 or min(matches) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
-    brevity = 1.0 if pred_length > ref_length else math.exp(1 - ref_length / pred_length)
-    return 100 * brevity * math.exp(log_precision)
+    bleu = BLEU()
+    return bleu.corpus_score(predictions, [references]).score, str(bleu.get_signature())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,7 +148,7 @@ def generation_scores(loaded, rows: list[dict], expected: list, metrics: list[st
     scores = {m: sum(r[m] for r in records) / len(records) for m in ("exact_match", "contains", "rouge_l")
               if m in metrics}
     if "bleu" in metrics:
-        scores["bleu"] = corpus_bleu(predictions, [r for _, r in pairs])
+        scores["bleu"], scores["bleu_signature"] = corpus_bleu(predictions, [r for _, r in pairs])
     return scores, records
 
 

@@ -6,11 +6,14 @@ import json
 import math
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
 
 from sft.evaluation import contains, corpus_bleu, exact_match, rouge_l
 from tests.conftest import REPO, run_cli
+
+SACREBLEU = version("sacrebleu")
 
 
 def test_text_metrics_known_values():
@@ -22,15 +25,27 @@ def test_text_metrics_known_values():
     # LCS of "the cat on the mat" in "the cat sat on the mat" is 5: P = 5/5, R = 5/6, F1 = 10/11.
     assert rouge_l("the cat on the mat", "the cat sat on the mat") == pytest.approx(10 / 11)
     assert rouge_l("a b c", "x y z") == 0.0
-    assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
+    # rouge-score's tokenizer keeps lowercased letters and digits only: the full stop does not count (sft's own
+    # tokenization counted it as a word and gave 2/3).
+    assert rouge_l("Paris.", "paris") == 1.0
+    assert bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
     # 7 words against 6 reference words: clipped precisions 6/7 ("the" counts twice at most), 5/6 (all bigrams
     # but "the the"), 3/5, 2/4; no brevity penalty since the prediction is longer.
     expected = 100 * math.exp((math.log(6 / 7) + math.log(5 / 6) + math.log(3 / 5) + math.log(2 / 4)) / 4)
-    assert corpus_bleu(["the cat sat on the the mat"], ["the cat sat on the mat"]) == pytest.approx(expected)
+    assert bleu(["the cat sat on the the mat"], ["the cat sat on the mat"]) == pytest.approx(expected)
     # Shorter prediction: brevity penalty exp(1 - 6/5).
-    short = corpus_bleu(["the cat sat on the"], ["the cat sat on the mat"])
+    short = bleu(["the cat sat on the"], ["the cat sat on the mat"])
     assert short == pytest.approx(100 * math.exp(1 - 6 / 5))
-    assert corpus_bleu(["completely different"], ["the cat sat"]) == 0.0
+    assert bleu(["completely different"], ["the cat sat"]) == 0.0
+    # sacrebleu's default is case-sensitive ("The" is not "the": precisions 5/6, 4/5, 3/4, 2/3), where sft's own
+    # tokenization lowercased and gave 100.
+    expected = 100 * math.exp((math.log(5 / 6) + math.log(4 / 5) + math.log(3 / 4) + math.log(2 / 3)) / 4)
+    assert bleu(["The cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(expected)
+    assert corpus_bleu(["a"], ["a"])[1] == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{SACREBLEU}"
+
+
+def bleu(predictions, references):
+    return corpus_bleu(predictions, references)[0]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +98,7 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny_model, qa_file, 
     summary = json.loads(one.stdout)
     assert summary["rouge_l"] == pytest.approx(sum(r["rouge_l"] for r in rows_one) / len(rows_one))
     assert set(summary) >= {"perplexity", "exact_match", "contains", "rouge_l", "bleu", "predictions"}
+    assert summary["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
 
 
 def test_adapter_is_evaluated_on_its_base_without_merging(lora_run, tiny_model, qa_file):
