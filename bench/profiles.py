@@ -120,7 +120,7 @@ def worker(recipe: str, report: str, overrides: list[str]) -> None:
 
 def throughput(output_dir: Path, warmup: int) -> float | None:
     """Tokens/s over all processes after `warmup` steps, from the run's per-step log (what `sft report` reads)."""
-    from sft.report import read_history
+    from sft.after_training.report import read_history
 
     records, _ = read_history(str(output_dir))
     steps = [r for r in records if "loss" in r and "num_input_tokens_seen" in r and "time" in r]

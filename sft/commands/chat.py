@@ -16,7 +16,7 @@ def command(model, system, max_new_tokens, sample, base, dtype):
     from transformers import TextStreamer
 
     from sft.errors import UserError
-    from sft.generation import generate, load, quiet
+    from sft.after_training.generation import generate, load, quiet
 
     quiet()
     loaded = load(model, dtype=dtype, base=base)

@@ -61,9 +61,9 @@ def stats(files, tokenizer_name, recipe, output, as_json):
     """Token-length percentiles and a histogram per file, rendered as training renders them."""
     import json
 
-    from sft.curation import stats as compute
+    from sft.after_training.curation import stats as compute
     from sft.errors import UserError
-    from sft.generation import quiet
+    from sft.after_training.generation import quiet
 
     quiet()
     tokenizer = tokenizer_for(tokenizer_name, recipe)
@@ -94,8 +94,8 @@ def dedupe(files, tokenizer_name, recipe, output, threshold, keep_empty, min_tok
 
     An example already seen in an earlier file is dropped from the later one: list eval files first, as in
     `sft data dedupe eval.jsonl train.jsonl`, so train and eval share no example."""
-    from sft.curation import dedupe as run
-    from sft.generation import quiet
+    from sft.after_training.duplicates import dedupe as run
+    from sft.after_training.generation import quiet
 
     quiet()
     if not 0 < threshold <= 1:
@@ -119,9 +119,9 @@ def dedupe(files, tokenizer_name, recipe, output, threshold, keep_empty, min_tok
 @click.option("--seed", default=0, show_default=True)
 def split(files, output, ratios, seed):
     """Deterministic splits: exact duplicates removed, a seeded shuffle, cut by --ratios."""
-    from sft.curation import SPLIT_NAMES, parse_ratios
-    from sft.curation import split as run
-    from sft.generation import quiet
+    from sft.after_training.splits import SPLIT_NAMES, parse_ratios
+    from sft.after_training.splits import split as run
+    from sft.after_training.generation import quiet
 
     quiet()
     out_dir = output_folder(output, files, "split")

@@ -3,7 +3,7 @@ perplexity, generation metrics, and lm-evaluation-harness tasks."""
 
 import click
 
-from sft.evaluation import METRICS as METRIC_NAMES  # standard library only: --help stays instant
+from sft.after_training.evaluation import METRICS as METRIC_NAMES  # standard library only: --help stays instant
 
 
 @click.command()
@@ -43,7 +43,7 @@ def command(model_or_run, data_file, recipe, metrics, tasks, include_path, base,
     from pathlib import Path
 
     from sft.errors import UserError
-    from sft.evaluation import (
+    from sft.after_training.evaluation import (
         GENERATION_METRICS,
         check_lm_eval,
         check_metric_fields,
@@ -54,7 +54,7 @@ def command(model_or_run, data_file, recipe, metrics, tasks, include_path, base,
         read_eval_rows,
     )
     from sft.io import write_jsonl
-    from sft.generation import load, model_folder, quiet, run_recipe_values
+    from sft.after_training.generation import load, model_folder, quiet, run_recipe_values
 
     quiet()
     if data_file and recipe:

@@ -23,7 +23,7 @@ def command(model, prompts, file, output, max_new_tokens, batch_size, sample, te
     from pathlib import Path
 
     from sft.errors import UserError
-    from sft.generation import generate, load, quiet, render_prompt
+    from sft.after_training.generation import generate, load, quiet, render_prompt
 
     quiet()
     if bool(prompts) == bool(file):
@@ -57,7 +57,7 @@ def read_prompts(file, loaded):
     from pathlib import Path
 
     from sft.errors import UserError
-    from sft.generation import prompt_and_reference, prompt_text, render_prompt
+    from sft.after_training.generation import prompt_and_reference, prompt_text, render_prompt
 
     path = Path(file)
     if not path.is_file():

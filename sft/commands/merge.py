@@ -21,8 +21,8 @@ def command(run_or_adapter, output, dtype, base, allow_other_base, quantize, rep
     """Merge a LoRA/QLoRA adapter (a run's output_dir or an adapter folder) into its base and write a standalone
     safetensors model with the run's tokenizer, chat template and generation config (which stops on the trained
     end-of-turn token). For QLoRA the base is loaded unquantized in --dtype, then merged."""
-    from sft.generation import quiet
-    from sft.merging import merge, push
+    from sft.after_training.generation import quiet
+    from sft.after_training.merging import merge, push
 
     quiet()
     result = merge(run_or_adapter, output, dtype=dtype, base=base, quantize=quantize,

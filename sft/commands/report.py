@@ -12,7 +12,7 @@ def command(run_dir, run_b, output):
     """Plot train and eval loss, learning rate, grad norm and tokens per second over steps, from the run's
     metrics.jsonl (or trainer_state.json), and write summary.md beside the plots. With RUN_B, both runs are
     overlaid on each plot and summarised side by side."""
-    from sft.report import report
+    from sft.after_training.report import report
 
     result = report(run_dir, run_b, output)
     click.echo(f"sft: {len(result['images'])} plots and summary.md written to {result['output']}")

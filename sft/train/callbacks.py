@@ -132,7 +132,7 @@ class GenerationSamples(TrainerCallback):
             self.sample(state.global_step, model, processing_class)
 
     def sample(self, step: int, model, tokenizer):
-        from sft.generation import generate
+        from sft.after_training.generation import generate
 
         self.done_step = step
         was_training = model.training
@@ -180,7 +180,7 @@ def log_samples_to_trackers(rows: list[dict], step: int, trackers: list) -> None
 
 def sample_prompts(recipe, tokenizer, eval_rows) -> tuple[list[str], list[str]]:
     """(prompts as shown, texts as the model sees them): the recipe's sample_prompts, else the first eval rows."""
-    from sft.generation import prompt_and_reference, prompt_text, render_prompt
+    from sft.after_training.generation import prompt_and_reference, prompt_text, render_prompt
 
     wanted = recipe.sft.sample_prompts
     if wanted:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sft.curation import DuplicateIndex
+from sft.after_training.duplicates import DuplicateIndex
 from tests.conftest import run_cli
 
 

@@ -10,7 +10,7 @@ from importlib.metadata import version
 
 import pytest
 
-from sft.evaluation import contains, corpus_bleu, exact_match, rouge_l
+from sft.after_training.evaluation import contains, corpus_bleu, exact_match, rouge_l
 from tests.conftest import REPO, run_cli
 
 SACREBLEU = version("sacrebleu")
@@ -104,8 +104,8 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny_model, qa_file, 
 def test_adapter_is_evaluated_on_its_base_without_merging(lora_run, tiny_model, qa_file):
     adapter = json.loads(run_cli("eval", lora_run, "--data", qa_file, "--metrics", "perplexity", "--json",
                                  check=True).stdout)
-    from sft.evaluation import perplexity, read_eval_rows
-    from sft.generation import load
+    from sft.after_training.evaluation import perplexity, read_eval_rows
+    from sft.after_training.generation import load
 
     loaded = load(str(tiny_model))  # the base alone, in this process
     base = perplexity(loaded.model, loaded.tokenizer, read_eval_rows(str(qa_file))[0])

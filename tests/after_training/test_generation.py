@@ -14,7 +14,7 @@ from tests.conftest import REPO, run_cli
 def test_prompt_is_rendered_with_the_training_template(lora_run):
     from transformers import AutoTokenizer
 
-    from sft.generation import render_prompt
+    from sft.after_training.generation import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(lora_run)
     assert render_prompt(tokenizer, "Hi") == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -39,7 +39,7 @@ def tmux(*args):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is installed by .ci/run")
 def test_chat_streams_answers_in_a_terminal(tiny_model, tmp_path):
     # What the model must print: greedy answers for the same conversation, computed in-process.
-    from sft.generation import generate, load
+    from sft.after_training.generation import generate, load
 
     loaded = load(str(tiny_model))
     history, expected = [], []

@@ -93,7 +93,7 @@ def test_merge_into_a_different_base_is_refused(lora_run, tmp_path):
 def test_merge_into_a_same_shaped_but_different_base_is_refused(lora_run, tiny_model, tmp_path):
     import shutil
 
-    from sft.merging import differing_weight
+    from sft.after_training.merging import differing_weight
     from sft.tiny import build_tiny_model
 
     sibling = build_tiny_model(tmp_path / "sibling", seed=1)  # same architecture, other weights

@@ -205,7 +205,7 @@ def test_yaml_error_names_the_line_a_quote_opens_on(tmp_path):
 
 
 def test_ratios_that_add_up_are_accepted(tmp_path):
-    from sft.curation import parse_ratios
+    from sft.after_training.splits import parse_ratios
 
     assert parse_ratios("90/10") == [0.9, 0.1]
     assert parse_ratios("0.8/0.1/0.1") == pytest.approx([0.8, 0.1, 0.1])

@@ -19,7 +19,7 @@ SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_laye
 
 def adapter_folder(path: str) -> Path:
     """The adapter in a run's output_dir (or its newest checkpoint), or the adapter folder itself."""
-    from sft.generation import model_folder
+    from sft.after_training.generation import model_folder
 
     folder = model_folder(path)
     if not (folder / "adapter_config.json").is_file():
@@ -81,7 +81,7 @@ def merge(adapter_path: str, output: str, dtype: str | None = None, base: str | 
     """Merge the adapter into its base and save a standalone model (optionally quantized to NF4) to `output`."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from sft.generation import adapter_base, load_base, run_recipe_values
+    from sft.after_training.generation import adapter_base, load_base, run_recipe_values
     from sft.model import torch_dtype
 
     target = Path(output)

@@ -76,7 +76,7 @@ def read_eval_rows(path: str, instruction_template: str = "chat") -> tuple[list[
 
 def check_metric_fields(metrics: list[str], rows: list[dict], source: str) -> None:
     """Generation metrics need a prompt and an answer in every row; say which rows lack them."""
-    from sft.generation import prompt_and_reference
+    from sft.after_training.generation import prompt_and_reference
 
     wanted = [m for m in metrics if m in GENERATION_METRICS]
     if not wanted:
@@ -129,7 +129,7 @@ def perplexity(model, tokenizer, rows: list[dict], loss_mode: str | None = None,
 def generation_scores(loaded, rows: list[dict], expected: list, metrics: list[str], max_new_tokens: int,
                       batch_size: int, case_sensitive: bool = False) -> tuple[dict, list[dict]]:
     """(corpus metrics, one record per row with prompt, reference, prediction and its scores)."""
-    from sft.generation import generate, prompt_and_reference, prompt_text
+    from sft.after_training.generation import generate, prompt_and_reference, prompt_text
 
     pairs = [prompt_and_reference(row) for row in rows]
     texts = [prompt_text(loaded.tokenizer, prompt) for prompt, _ in pairs]

@@ -1,0 +1,130 @@
+"""Near-duplicate detection, measured: sft's own index (sft.after_training.duplicates, what `sft data dedupe`
+runs) against datasketch's MinHash LSH at the same threshold, on texts with planted near-duplicates.
+
+    python bench/dedupe.py                      # 3,000 texts, 600 planted near-duplicates, threshold 0.8
+    python bench/dedupe.py --texts 200 --planted 40 --json out.json
+
+A planted near-duplicate is an original with a few words replaced, dropped or added, kept only if the exact
+Jaccard similarity of its 5-character shingle sets with the original is at least the threshold (so each one
+is a true near-duplicate by the definition both methods approximate). Found: planted rows flagged. False
+positives: flagged rows that are not planted (the originals are random words: no two are alike). Seconds: wall
+time to index every text once, one thread."""
+
+import argparse
+import json
+import random
+import string
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def shingles(text: str, size: int = 5) -> set[str]:
+    """The text's 5-character shingles, case and spacing ignored: the ground truth, as plain Python sets."""
+    text = " ".join(text.lower().split())
+    return {text[i:i + size] for i in range(max(len(text) - size + 1, 1))}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b)
+
+
+def corpus(texts: int, planted: int, threshold: float, seed: int) -> tuple[list[str], set[int]]:
+    """(texts in a shuffled order, indices of the planted near-duplicates). Each duplicate comes after its
+    original, as rows read in order would."""
+    rng = random.Random(seed)
+    vocabulary = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(5000)]
+    originals = [" ".join(rng.choices(vocabulary, k=rng.randint(30, 70))) for _ in range(texts - planted)]
+    duplicates = []
+    while len(duplicates) < planted:
+        source = rng.randrange(len(originals))
+        words = originals[source].split()
+        for _ in range(rng.randint(1, 4)):
+            edit, at = rng.choice(("replace", "drop", "add")), rng.randrange(len(words))
+            if edit == "replace":
+                words[at] = rng.choice(vocabulary)
+            elif edit == "drop" and len(words) > 1:
+                del words[at]
+            else:
+                words.insert(at, rng.choice(vocabulary))
+        text = " ".join(words)
+        if text != originals[source] and jaccard(shingles(text), shingles(originals[source])) >= threshold:
+            duplicates.append((source, text))
+    # Originals in a shuffled order; each duplicate placed at a random position after its original.
+    order = list(range(len(originals)))
+    rng.shuffle(order)
+    rows = [(originals[i], False) for i in order]
+    position = {i: k for k, i in enumerate(order)}
+    for source, text in duplicates:
+        at = rng.randint(position[source] + 1, len(rows))
+        rows.insert(at, (text, True))
+        position = {i: (k if k < at else k + 1) for i, k in position.items()}
+    return [text for text, _ in rows], {k for k, (_, planted_row) in enumerate(rows) if planted_row}
+
+
+def run_sft(texts: list[str], threshold: float) -> list[bool]:
+    from sft.after_training.duplicates import DuplicateIndex
+
+    index = DuplicateIndex(threshold)
+    return [index.check_and_add(text, str(k)) is not None for k, text in enumerate(texts)]
+
+
+def run_datasketch(texts: list[str], threshold: float, num_perm: int = 128) -> list[bool]:
+    """datasketch as its documentation shows it: MinHash of the shingles, MinHashLSH at the threshold, a row
+    flagged when the index returns any earlier row."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh, flagged = MinHashLSH(threshold=threshold, num_perm=num_perm), []
+    for k, text in enumerate(texts):
+        signature = MinHash(num_perm=num_perm)
+        signature.update_batch([s.encode() for s in shingles(text)])
+        if lsh.query(signature):
+            flagged.append(True)
+            continue
+        lsh.insert(str(k), signature)
+        flagged.append(False)
+    return flagged
+
+
+METHODS = {"sft": run_sft, "datasketch": run_datasketch}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=3000, help="Texts in all, planted ones included.")
+    parser.add_argument("--planted", type=int, default=600, help="Near-duplicates among them.")
+    parser.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of 5-character shingles.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="sft,datasketch", help="Comma-separated: sft, datasketch.")
+    parser.add_argument("--json", default=None, help="Also write the results to this file.")
+    options = parser.parse_args(argv)
+    unknown = [m for m in options.methods.split(",") if m not in METHODS]
+    if unknown or not 0 < options.planted < options.texts:
+        message = (f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}" if unknown else
+                   f"--planted {options.planted}: give fewer than --texts ({options.texts}) and more than 0")
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+    texts, planted = corpus(options.texts, options.planted, options.threshold, options.seed)
+    print(f"{len(texts)} texts, {len(planted)} planted near-duplicates (Jaccard >= {options.threshold} of "
+          f"5-character shingles)")
+    results = []
+    for name in options.methods.split(","):
+        start = time.perf_counter()
+        flagged = METHODS[name](texts, options.threshold)
+        seconds = time.perf_counter() - start
+        found = sum(1 for k in planted if flagged[k])
+        false_positives = sum(1 for k, f in enumerate(flagged) if f and k not in planted)
+        results.append({"method": name, "found": found, "planted": len(planted), "false_positives": false_positives,
+                        "seconds": round(seconds, 2)})
+        print(f"{name:<11} found {found} of {len(planted)}, {false_positives} false positives, {seconds:.1f} s")
+    if options.json:
+        Path(options.json).write_text(json.dumps({"texts": len(texts), "threshold": options.threshold,
+                                                  "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
