@@ -687,7 +687,7 @@ class PreparedData:
 
 def recipe_tokenizer(recipe):
     """The run's tokenizer with the recipe's chat template set, as `sft train` loads it (no model is loaded)."""
-    from sft.chat_templates import apply_template
+    from sft.templates.chat import apply_template
     from sft.model import check_model_source, load_tokenizer
 
     check_model_source(recipe)
@@ -701,7 +701,7 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
 
     strict: raise the first problem as a UserError (training); otherwise return the problems (sft check).
     limit: only the first `limit` training examples are tokenized, and nothing is cached (sft preview)."""
-    from sft.chat_templates import check_has_template
+    from sft.templates.chat import check_has_template
     from sft.masks import FALLBACKS, column, generation_stop_tokens, plan_masks, split_note, summarise, tokenize_all
     from sft.streaming import prepare_streaming, wants_streaming
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from sft.chat_templates import is_inline_jinja
+from sft.templates.chat import is_inline_jinja
 from sft.errors import UserError, read_utf8
 from sft.io import write_atomic
 from sft.migrate import refuse_foreign_config

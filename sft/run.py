@@ -92,7 +92,7 @@ def checked_trainer(recipe):
     from trl import SFTTrainer
 
     from sft.train.callbacks import trackers_last, training_callbacks
-    from sft.chat_templates import apply_template
+    from sft.templates.chat import apply_template
     from sft.train.checkpoints import refuse_finished, resume_checkpoint
     from sft.data import prepare_data
     from sft.train.locking import lock_output_dir_on_all_ranks

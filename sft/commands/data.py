@@ -10,7 +10,7 @@ def tokenizer_for(tokenizer_name, recipe):
     if tokenizer_name and recipe:
         raise UserError("give --tokenizer or --recipe, not both")
     if recipe:
-        from sft.chat_templates import apply_template
+        from sft.templates.chat import apply_template
         from sft.model import load_tokenizer
         from sft.recipe import load_recipe
 

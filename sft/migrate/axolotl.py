@@ -190,7 +190,7 @@ def datasets(data: dict, migration) -> None:
 def chat_template(data: dict, migration) -> None:
     """axolotl's template names that sft has built in (same name, same format) map; tokenizer_default is the
     model's own."""
-    from sft.chat_templates import BUILTIN_TEMPLATES
+    from sft.templates.chat import BUILTIN_TEMPLATES
 
     if data.get("chat_template_jinja"):
         migration.set("chat_template_jinja", {"chat_template": data["chat_template_jinja"]})

@@ -212,7 +212,7 @@ def datasets(data: dict, migration) -> None:
 
 
 def template(name: str, migration) -> None:
-    from sft.chat_templates import BUILTIN_TEMPLATES
+    from sft.templates.chat import BUILTIN_TEMPLATES
 
     if name in BUILTIN_TEMPLATES:
         migration.set("template", {"chat_template": name}, "sft's built-in of the same name")

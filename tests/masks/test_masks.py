@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sft.chat_templates import BUILTIN_TEMPLATES, set_template
+from sft.templates.chat import BUILTIN_TEMPLATES, set_template
 from sft.errors import UserError
 from sft.masks import IGNORE, encode_batch, plan_masks, tokenize_all, tokenize_dataset
 from tests.support.mask_definition import definition, mismatch, template_tokenizer
@@ -109,15 +109,23 @@ def as_parts(messages):
 
 
 def trl_template_pairs() -> dict[str, tuple[str, str]]:
-    """TRL's own pairs: name -> (original template, training version with {% generation %} markers)."""
-    from trl import chat_template_utils as ctu
+    """TRL's own pairs: name -> (a template TRL ships, the training version with {% generation %} markers that
+    TRL's get_training_chat_template picks for it, as SFTTrainer(assistant_only_loss=True) does)."""
+    from importlib import resources
+
+    from trl.chat_template_utils import get_training_chat_template
 
     pairs = {}
-    for attribute in dir(ctu):
-        if attribute.endswith("_training_chat_template"):
-            base = attribute.replace("_training_chat_template", "_chat_template")
-            if isinstance(getattr(ctu, base, None), str):
-                pairs[base[: -len("_chat_template")]] = (getattr(ctu, base), getattr(ctu, attribute))
+    for path in resources.files("trl").joinpath("chat_templates").iterdir():
+        if not path.name.endswith(".jinja") or path.name.endswith("_training.jinja"):
+            continue
+        original = path.read_text()
+        try:
+            training = get_training_chat_template(template_tokenizer(original))
+        except ValueError:  # TRL has no training version of this one
+            continue
+        if training is not None:
+            pairs[path.name.removesuffix(".jinja")] = (original, training)
     return pairs
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sft.chat_templates import BUILTIN_TEMPLATES, builtin_template
+from sft.templates.chat import BUILTIN_TEMPLATES, builtin_template
 from sft.masks import encode_batch, plan_masks
 from sft.masks.plan import with_text_arguments
 from tests.support.mask_definition import definition, mismatch, runs_of, template_tokenizer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sft.chat_templates import BUILTIN_TEMPLATES, resolve_template, set_template
+from sft.templates.chat import BUILTIN_TEMPLATES, resolve_template, set_template
 from sft.masks import end_of_turn_token
 from sft.errors import UserError
 

@@ -21,7 +21,7 @@ BUILTIN_TEMPLATES = {
 
 
 def builtin_template(name: str) -> str:
-    return resources.files("sft").joinpath(f"templates/{name}.jinja").read_text()
+    return resources.files("sft.templates").joinpath(f"{name}.jinja").read_text()
 
 
 def is_inline_jinja(value: str) -> bool:
