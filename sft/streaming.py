@@ -330,7 +330,7 @@ def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool 
     limit: only the first `limit` rows are read and tokenized (sft preview); no stream is built."""
     from datasets import Dataset, Features, List, Value
 
-    from sft.chat_templates import check_has_template
+    from sft.templates.chat import check_has_template
     from sft.masks import (COLUMNS, FALLBACKS, Tokenized, column, describe_bad_rows, generation_stop_tokens,
                            plan_masks, split_note, summarise)
     from sft.masks.tokenize import arrow_table
