@@ -58,12 +58,14 @@ def hash_functions(seed: int = 0):
     return a[:, None], rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)[:, None]
 
 
-def minhash(items):
-    """MinHash signature of a sorted hash array: for each hash function, the least value over the items."""
+def minhash(items, chunk: int = 8192):
+    """MinHash signature of a hash array: for each hash function, the least value over the items (in chunks, so
+    a long text needs NUM_PERM x chunk words of memory at most)."""
     import numpy as np
 
     a, b = hash_functions()
-    return ((a * items[None, :] + b) >> np.uint64(32)).min(axis=1)
+    return np.minimum.reduce([((a * items[None, start:start + chunk] + b) >> np.uint64(32)).min(axis=1)
+                              for start in range(0, items.size, chunk)])
 
 
 def jaccard(a, b) -> float:
