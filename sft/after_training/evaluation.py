@@ -5,6 +5,7 @@ lm-evaluation-harness tasks when that package is installed (the `eval` extra), i
 local data files."""
 
 import math
+from functools import lru_cache
 from pathlib import Path
 
 from sft.errors import UserError
@@ -34,12 +35,17 @@ def contains(prediction: str, expected: str | list[str]) -> float:
     return float(all(normalise_answer(e) in normalise_answer(prediction) for e in wanted))
 
 
-def rouge_l(prediction: str, reference: str) -> float:
-    """rouge-score's ROUGE-L F-measure (its default tokenizer: lowercased ASCII letters and digits, no stemming),
-    the figure papers report as ROUGE-L."""
+@lru_cache(maxsize=1)
+def rouge_scorer():
     from rouge_score.rouge_scorer import RougeScorer
 
-    return RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure
+    return RougeScorer(["rougeL"])
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """rouge-score's ROUGE-L F-measure, the figure papers report as ROUGE-L. Its default tokenizer keeps lowercased
+    ASCII letters and digits only (no stemming): text in other scripts scores 0."""
+    return rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
 
 
 def corpus_bleu(predictions: list[str], references: list[str]) -> tuple[float, str]:
