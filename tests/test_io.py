@@ -19,6 +19,7 @@ def test_percentiles_are_nearest_rank():
     assert percentiles([]) == {}
 
 
+@pytest.mark.slow  # two CLI runs with a model: ~25 s here
 def test_check_and_data_stats_give_the_same_percentiles(tmp_path, tiny_model):
     """`sft check` (lengths of the tokenized rows) and `sft data stats` (lengths of the rendered rows) print the
     same p50 and p90 for the same ten conversations of ten different lengths."""
