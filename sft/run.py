@@ -29,7 +29,8 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     from sft.train.hardware import under_launcher
 
     if (recipe.sft.accelerate_config or (recipe.sft.num_processes or 1) > 1) and not under_launcher():
-        from sft.launch.launcher import launch  # TRL's `accelerate_config:` / `num_processes:` keys: the run goes multi-process
+        # TRL's `accelerate_config:` / `num_processes:` keys: the run goes multi-process
+        from sft.launch.launcher import launch
 
         raise SystemExit(launch(recipe_address, overrides))
     recipe.notes += check_running(recipe)

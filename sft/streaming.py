@@ -309,7 +309,8 @@ def streaming_problems(recipe, sources: list[Source], test_size) -> list[str]:
         problems.append(f"{recipe.source}: max_steps: a streamed dataset has no length to count epochs in; set "
                         "max_steps (e.g. max_steps: 1000) or streaming: false")
     if test_size is not None:
-        problems.append(f"{recipe.source}: test_split_size: a streamed dataset cannot be split (its length is unknown); "
+        problems.append(f"{recipe.source}: test_split_size: a streamed dataset cannot be split "
+                        "(its length is unknown); "
                         "remove test_split_size or set streaming: false")
     elif strategy not in ("no", None):
         problems.append(f"{recipe.source}: eval_strategy is {strategy} but a streamed dataset has no eval split; set "
@@ -384,7 +385,8 @@ def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool 
 
     ids = List(Value("int32"))
     train = None if limit is not None else raw.map(
-        masker, batched=True, batch_size=MAP_BATCH_ROWS, remove_columns=["where", "row", "problem", "source", "position"],
+        masker, batched=True, batch_size=MAP_BATCH_ROWS,
+        remove_columns=["where", "row", "problem", "source", "position"],
         features=Features({"input_ids": ids, "labels": ids}))
     return StreamingData(train, None, stats, problems, notes, full.select(keep), None, counts=masker.counts,
                          head_rows=len(head))

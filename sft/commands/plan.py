@@ -5,7 +5,10 @@ import click
 from sft.launch.plan import __doc__ as MODEL_DOC
 
 
-@click.command(context_settings={"ignore_unknown_options": True}, epilog="How each column is estimated:\n\n\b\n" + MODEL_DOC.split("The estimate adds up, per GPU:\n")[1])
+EPILOG = "How each column is estimated:\n\n\b\n" + MODEL_DOC.split("The estimate adds up, per GPU:\n")[1]
+
+
+@click.command(context_settings={"ignore_unknown_options": True}, epilog=EPILOG)
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 @click.option("--gpus", type=int, required=True, help="GPUs per node.")

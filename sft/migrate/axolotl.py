@@ -202,7 +202,8 @@ def chat_template(data: dict, migration) -> None:
     elif name in BUILTIN_TEMPLATES:
         migration.set("chat_template", {"chat_template": name}, "sft's built-in of the same name")
     else:
-        migration.skip("chat_template", f"{name!r} is not an sft built-in ({', '.join(BUILTIN_TEMPLATES)}); sft uses the "
+        migration.skip("chat_template", f"{name!r} is not an sft built-in ({', '.join(BUILTIN_TEMPLATES)}); "
+                                            "sft uses the "
                                         "model's own template, or set chat_template to a .jinja file")
 
 

@@ -168,7 +168,8 @@ def dataset_source(name: str, entry: dict, folder: Path, migration) -> dict | No
                    if columns.get(theirs, ours) != ours}
         for extra in ("history", "system", "tools", "images", "videos", "audios"):
             if columns.get(extra):
-                migration.skip(f"{where}.columns.{extra}", "sft's instruction rows have instruction, input, output only")
+                migration.skip(f"{where}.columns.{extra}",
+                               "sft's instruction rows have instruction, input, output only")
     else:
         tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                 **(entry.get("tags") or {})}

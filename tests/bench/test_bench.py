@@ -227,7 +227,8 @@ def test_fetch_wheels_keeps_only_the_bitsandbytes_libraries_for_the_gpu_machines
     with zipfile.ZipFile(wheel, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
-        z.writestr(record, "".join(f"{name},sha256=abc,{len(data)}\n" for name, data in files.items()) + f"{record},,\n")
+        listing = "".join(f"{name},sha256=abc,{len(data)}\n" for name, data in files.items())
+        z.writestr(record, listing + f"{record},,\n")
 
     fetch.slim_bitsandbytes(wheel, "13")
     kept = ["bitsandbytes/__init__.py"] + [f"bitsandbytes/libbitsandbytes_{lib}.so" for lib in ("cpu", "cuda130",

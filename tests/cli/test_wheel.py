@@ -71,8 +71,8 @@ def tiny_recipe(folder: Path, tiny_model: Path) -> Path:
     rows = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:8]
     (folder / "train.jsonl").write_text("\n".join(rows) + "\n")
     return write_recipe(folder / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name="train.jsonl",
-                        output_dir=str(folder / "out"), max_length=64, per_device_train_batch_size=2, learning_rate=1e-3,
-                        max_steps=2, logging_steps=1, save_strategy="no", seed=0, report_to="none")
+                        output_dir=str(folder / "out"), max_length=64, per_device_train_batch_size=2,
+                        learning_rate=1e-3, max_steps=2, logging_steps=1, save_strategy="no", seed=0, report_to="none")
 
 
 def check_trained_by_two_processes(run_dir: Path, logs: str):

@@ -151,7 +151,8 @@ def test_check_reads_the_first_rows_and_preview_shows_them_as_without_streaming(
     assert "note: streaming: the first 1,000 rows are checked before training" in out
     assert "tokenized data: not cached (streamed: masked as training reads it)" in out
     without_max_steps = CliRunner().invoke(cli, ["check", str(recipe), "--max_steps", "-1"])
-    assert without_max_steps.exit_code == 2 and "max_steps: a streamed dataset has no length" in without_max_steps.stderr
+    assert without_max_steps.exit_code == 2
+    assert "max_steps: a streamed dataset has no length" in without_max_steps.stderr
 
     shown = CliRunner().invoke(cli, ["preview", str(recipe), "-n", "3", "--json"])
     plain = CliRunner().invoke(cli, ["preview", str(recipe), "-n", "4", "--json", "--dataset_streaming", "false"])
@@ -165,7 +166,8 @@ def test_mixtures_interleave_and_parquet_and_csv_stream(tmp_path, tiny_model):
     from datasets import Dataset
 
     first = data_file(tmp_path, n=3, name="a.jsonl")
-    Dataset.from_list([{"prompt": f"p{i} ", "completion": f"c{i}"} for i in range(4)]).to_parquet(tmp_path / "b.parquet")
+    rows = [{"prompt": f"p{i} ", "completion": f"c{i}"} for i in range(4)]
+    Dataset.from_list(rows).to_parquet(tmp_path / "b.parquet")
     (tmp_path / "c.csv").write_text("text\n" + "".join(f"line {i}\n" for i in range(2)))
     recipe = write_recipe(tmp_path / "mix.yaml", model_name_or_path=str(tiny_model), output_dir=str(tmp_path / "out"),
                           streaming=True, max_steps=2, datasets=[

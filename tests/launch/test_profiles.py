@@ -152,7 +152,8 @@ def test_offloaded_optimizer_is_the_recipes_and_gpu_only_ones_are_refused(tiny_m
     with pytest.raises(UserError, match=r"optim paged_adamw_8bit cannot step on the CPU copy of the weights that the "
                                         r"DeepSpeed config offloads \(offload_optimizer\); use optim: adamw_torch"):
         check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=offload)
-    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=PROFILES["zero3"].read_deepspeed_config()) == []
+    zero3 = PROFILES["zero3"].read_deepspeed_config()
+    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=zero3) == []
     own = {**offload, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}  # a user's config with its own
     assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=own) == [
         "optimizer: DeepSpeed's AdamW from the DeepSpeed config, not the recipe's optim paged_adamw_8bit"]

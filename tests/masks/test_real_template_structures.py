@@ -1,6 +1,6 @@
 """Masks for the structures real chat templates have (each template here written for this test, with the same
-structure as a published one): the trained tokens are exactly the definition (tests/support/mask_definition.py) for random
-conversations x every built-in template, these re-creations, and every template TRL ships."""
+structure as a published one): the trained tokens are exactly the definition (tests/support/mask_definition.py)
+for random conversations x every built-in template, these re-creations, and every template TRL ships."""
 
 import json
 from functools import lru_cache
