@@ -92,13 +92,12 @@ def checked_trainer(recipe):
     locked for this run; nothing written yet."""
     from trl import SFTTrainer
 
-    from sft.train.callbacks import trackers_last, training_callbacks
+    from sft.train.callbacks import trackers_last
     from sft.templates.chat import apply_template
     from sft.train.checkpoints import refuse_finished, resume_checkpoint
     from sft.data import prepare_data
     from sft.train.locking import lock_output_dir_on_all_ranks
     from sft.model import check_model_source, load_model, load_tokenizer, peft_config
-    from sft.train.preemption import MarkCompleteCheckpoints, StopOnRequest
     from sft.validate import check_lora_targets
 
     # 2. Tokenizer and chat template.
@@ -118,7 +117,7 @@ def checked_trainer(recipe):
         refuse_finished(resume_from, recipe)
 
     # 5. The trainer, and output_dir for this run alone (a second run into it stops here, naming this one).
-    stop = StopOnRequest()  # SIGUSR1/SIGTERM (Slurm), Ctrl-C: checkpoint at the next step on all ranks, then exit
+    callbacks, stop = run_callbacks(recipe, tokenizer, data.eval_rows)
     trainer = SFTTrainer(
         model=model,
         args=recipe.training,
@@ -126,11 +125,21 @@ def checked_trainer(recipe):
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=peft_config(recipe),
-        callbacks=training_callbacks(recipe, tokenizer, data.eval_rows) + [stop, MarkCompleteCheckpoints()],
+        callbacks=callbacks,
     )
     trackers_last(trainer)  # so report_to gets the metrics our callbacks add (eval_perplexity)
     lock_output_dir_on_all_ranks(recipe.training.output_dir, trainer.accelerator.is_main_process, trainer.args.device)
     return trainer, tokenizer, data, resume_from, stop
+
+
+def run_callbacks(recipe, tokenizer, eval_rows) -> tuple[list, object]:
+    """(the callbacks a run trains with, its StopOnRequest). bench/step_overhead.py times these against none."""
+    from sft.train.callbacks import training_callbacks
+    from sft.train.preemption import MarkCompleteCheckpoints, StopOnRequest
+
+    stop = StopOnRequest()  # SIGUSR1/SIGTERM (Slurm), Ctrl-C: checkpoint on all ranks at the same step, then exit
+    # The stop first: DivergenceGuard then sees that the step saves, and checks it before the save.
+    return [stop] + training_callbacks(recipe, tokenizer, eval_rows) + [MarkCompleteCheckpoints()], stop
 
 
 def main(argv: list[str] | None = None) -> None:

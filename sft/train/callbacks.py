@@ -4,6 +4,7 @@ finite before the broken weights can be saved. `training_callbacks(recipe, ...)`
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -78,10 +79,14 @@ def trackers_last(trainer) -> None:
 
 
 class DivergenceGuard(TrainerCallback):
-    """Stop on non-finite gradients before the optimizer applies them, so no checkpoint holds the broken state.
+    """Stop on a non-finite gradient norm or loss before the broken weights can be saved.
 
-    Checked before every optimizer step (after clipping) on the trainable parameters' gradients, and on every
-    logged loss. Under fp16 the grad scaler skips overflowing steps by design, so there only the loss counts."""
+    Checked on what the Trainer already computed and logged: the gradient norm (before clipping) and the loss of
+    each logging step, so it adds no device sync to the other steps. (A non-finite gradient breaks the weights for
+    good, so every later logged gradient norm shows it.) A step that saves, evaluates or ends the run is also
+    logged, and the Trainer logs before it saves, so no checkpoint and no final model holds the broken state. Both
+    values are the same on every rank (the loss is gathered, the norm is global), so all ranks stop together. Under
+    fp16 the grad scaler skips overflowing steps by design, so there only the loss counts."""
 
     def __init__(self, output_dir):
         self.output_dir = Path(output_dir)
@@ -95,20 +100,31 @@ class DivergenceGuard(TrainerCallback):
         raise TrainingDiverged(f"step {step}: {what} is not finite; {DIVERGENCE_CAUSES}. Stopped before saving: "
                                f"{where}")
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if args.fp16 or model is None:
-            return
-        import torch
+    @staticmethod
+    def log_before_keeping(control):
+        """Anything that keeps or judges the weights at this step (a save, an evaluation, the end) gets the step's
+        values logged, and so checked, first."""
+        if control.should_save or control.should_evaluate or control.should_training_stop:
+            control.should_log = True
 
-        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-        device = grads[0].device if grads else None  # model-parallel grads may sit on several devices
-        if grads and not torch.stack([torch.isfinite(g).all().to(device) for g in grads]).all():  # one sync
-            self.stop(state.global_step + 1, "the gradient")
+    def on_step_end(self, args, state, control, **kwargs):
+        self.log_before_keeping(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.log_before_keeping(control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if isinstance(loss, (int, float)) and not math.isfinite(loss):
-            self.stop(state.global_step, "the training loss")
+        logs = logs or {}
+        grad_norm, loss = logs.get("grad_norm"), logs.get("loss")
+        broken = None
+        if not args.fp16 and isinstance(grad_norm, (int, float)) and not math.isfinite(grad_norm):
+            broken = "the gradient"
+        elif isinstance(loss, (int, float)) and not math.isfinite(loss):
+            broken = "the training loss"
+        if broken:
+            if not args.disable_tqdm and state.is_local_process_zero:
+                print(file=sys.stderr)  # end the progress bar's line, so the error is a line of its own
+            self.stop(state.global_step, broken)
 
 
 class GenerationSamples(TrainerCallback):

@@ -2,9 +2,10 @@
 known to be whole.
 
 - `StopOnRequest`: SIGUSR1, SIGTERM, Ctrl-C (SIGINT; a second one stops at once) or the stop file the Slurm
-  script touches (see sft/launch/slurm.py) only sets a flag; at the next step boundary every rank agrees on it
-  (all-reduce), saves a checkpoint and stops training. Saving from inside a signal handler could interrupt an
-  optimizer step halfway.
+  script touches (see sft/launch/slurm.py) only sets a flag; at a step boundary every rank agrees on it, saves a
+  checkpoint and stops training. Saving from inside a signal handler could interrupt an optimizer step halfway.
+  One process stops at the next step; several agree with one all-reduce about once a second (every step when
+  steps are slower than that), not at every step.
 - `MarkCompleteCheckpoints`: after every rank has written its part of a checkpoint, the main process writes a
   marker into it last. sft/train/checkpoints.py resumes only from checkpoints with the marker, so a process killed in
   the middle of a save leaves a partial checkpoint that is never resumed from, and the previous one usable.
@@ -15,6 +16,7 @@ known to be whole.
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -38,14 +40,46 @@ def all_ranks_any(flag: bool, device) -> bool:
     return bool(value.item())
 
 
+AGREE_EVERY_SECONDS = 1.0  # a stop waits at most about this long (or one step) for the ranks to agree on it
+MAX_STEPS_BETWEEN_AGREEMENTS = 1000
+
+
+def steps_between_agreements(seconds_per_step: float) -> int:
+    """How many steps to train between two all-reduces of the stop flag: about AGREE_EVERY_SECONDS of training, so
+    the collective and its device sync cost well under 1% of the time and a stop is still answered within about
+    a second."""
+    if seconds_per_step <= 0:
+        return 1
+    return max(1, min(MAX_STEPS_BETWEEN_AGREEMENTS, int(AGREE_EVERY_SECONDS / seconds_per_step)))
+
+
+def all_ranks_agree(asked: bool, proposed_steps: int, device) -> tuple[bool, int]:
+    """(asked on any rank, the fewest steps any rank proposes until the next agreement), with one all-reduce."""
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if asked else 0, -proposed_steps], dtype=torch.int64, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    asked_anywhere, fewest = value.tolist()
+    return bool(asked_anywhere), -fewest
+
+
 class StopOnRequest(TrainerCallback):
-    """Checkpoint and stop at the next step boundary after SIGUSR1/SIGTERM or once the stop file exists."""
+    """Checkpoint and stop at a step boundary after SIGUSR1/SIGTERM/Ctrl-C or once the stop file exists.
+
+    A single process stops at the next step. Several processes must stop at the same step, and a signal may reach
+    only one of them, so they agree with an all-reduce; it runs at steps every rank knows in advance (the previous
+    agreement fixes the next one), about AGREE_EVERY_SECONDS of training apart, so most steps have no collective
+    and no device sync. The price: a stop waits up to about a second (or one step, if steps are slower)."""
 
     def __init__(self, stop_file: str | None = None):
         self.stop_file = stop_file if stop_file is not None else os.environ.get(STOP_FILE_ENV)
         self.requested_by: str | None = None  # set by the signal handler
         self.stopped_at: int | None = None  # the step whose checkpoint was saved before stopping
         self._previous = {}
+        self.distributed = False
+        self.next_agreement = 0  # the step at which the ranks next all-reduce the flag
+        self.last_agreement = (0, 0.0)  # (step, time) of the previous one
 
     def _on_signal(self, signum, frame):
         if signum == signal.SIGINT and self.requested_by == "SIGINT":
@@ -53,12 +87,28 @@ class StopOnRequest(TrainerCallback):
         self.requested_by = signal.Signals(signum).name
 
     def on_train_begin(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.next_agreement = state.global_step + 1  # the same on every rank, resumed or not
+        self.last_agreement = (state.global_step, time.monotonic())
+
+    def asked(self) -> bool:
+        return self.requested_by is not None or bool(self.stop_file and os.path.exists(self.stop_file))
 
     def on_step_end(self, args, state, control, **kwargs):
-        asked = self.requested_by is not None or bool(self.stop_file and os.path.exists(self.stop_file))
-        if all_ranks_any(asked, args.device):
+        if not self.distributed:
+            stop = self.asked()
+        elif state.global_step < self.next_agreement:
+            return control
+        else:
+            step, now = state.global_step, time.monotonic()
+            seconds_per_step = (now - self.last_agreement[1]) / max(1, step - self.last_agreement[0])
+            stop, steps = all_ranks_agree(self.asked(), steps_between_agreements(seconds_per_step), args.device)
+            self.next_agreement, self.last_agreement = step + steps, (step, now)
+        if stop:
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step

@@ -16,7 +16,8 @@ def read_jsonl(path):
 def test_metrics_file_has_every_logged_step(lora_run):
     records = read_jsonl(lora_run / "metrics.jsonl")
     train = [r for r in records if "loss" in r]
-    assert [r["step"] for r in train] == [2, 4, 6]  # logging_steps 2, max_steps 6
+    # logging_steps 2, max_steps 6, and step 3 because it saves: a step that saves is logged (and so checked) first
+    assert [r["step"] for r in train] == [2, 3, 4, 6]
     assert all(math.isfinite(r["loss"]) and r["learning_rate"] > 0 and r["grad_norm"] >= 0 for r in train)
     assert all(r["tokens_per_second"] > 0 for r in train[1:])  # a rate needs a previous log line
     assert records[-1]["step"] == 6 and "train_loss" in records[-1]
@@ -56,6 +57,33 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model, tmp_pa
     assert not (out_dir / "model.safetensors").exists()
     weights = load_file(out_dir / "checkpoint-1" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+# The guard reads the gradient norm and loss the Trainer logs, so it adds no device sync to the other steps. A
+# broken step is found at the next logged step; a step that saves or ends the run is always logged, so it is
+# checked before anything is written. (lr 1e30: step 1's gradient is finite, it breaks the weights, step 2's is not.)
+@pytest.mark.parametrize("case, settings, found_at", [
+    ("at the next logging step", {"logging_steps": 3, "save_strategy": "no", "max_steps": 8}, 3),
+    ("before a save between logging steps", {"logging_steps": 100, "save_steps": 2, "max_steps": 8}, 2),
+    ("before the final model is saved", {"logging_steps": 100, "save_strategy": "no", "max_steps": 2}, 2),
+])
+def test_nan_is_found_on_logged_values_before_any_save(case, settings, found_at, tiny_model, tmp_path):
+    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:32]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    out_dir = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_model),
+                          dataset_name=str(tmp_path / "train.jsonl"), output_dir=str(out_dir), method="full",
+                          max_length=64, per_device_train_batch_size=8, learning_rate=1.0e30, report_to="none",
+                          **settings)
+    proc = run_cli("train", recipe)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr, case
+    assert error[0].startswith(f"error: step {found_at}: the gradient is not finite; this usually means"), case
+    assert error[0].endswith("Stopped before saving: no checkpoint had been saved yet; nothing broken was saved")
+    assert not list(out_dir.glob("checkpoint-*")) and not (out_dir / "model.safetensors").exists()
+    logged = [r for r in read_jsonl(out_dir / "metrics.jsonl") if "loss" in r]
+    assert logged[-1]["step"] == found_at and not math.isfinite(logged[-1]["grad_norm"])
 
 
 def test_early_stopping_and_samples_need_what_they_use(tiny_model, tmp_path):
