@@ -176,7 +176,8 @@ def main() -> None:
 def bench(args, work: Path) -> None:
     import torch
 
-    from sft.launch.plan import GB, make_plan
+    from sft.launch.memory import GB
+    from sft.launch.plan import make_plan
     from sft.launch.profiles import PROFILES
     from sft.recipe import load_recipe
 
@@ -254,7 +255,7 @@ def run_profile(name: str, profile, gpus: int, recipe_path: Path, work: Path, wa
 
 
 def print_table(results: list[dict], memory_column: str) -> None:
-    from sft.launch.plan import GB
+    from sft.launch.memory import GB
 
     def number(value, scale=1.0, form="{:.1f}"):
         return "-" if value is None else form.format(value / scale)

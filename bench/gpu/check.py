@@ -494,7 +494,8 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from sft.launch.plan import count_parameters, make_plan
+    from sft.launch.memory import count_parameters
+    from sft.launch.plan import make_plan
     from sft.recipe import load_recipe
 
     model_config = AutoConfig.from_pretrained(model)

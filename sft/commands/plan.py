@@ -2,7 +2,7 @@
 
 import click
 
-from sft.launch.plan import __doc__ as MODEL_DOC
+from sft.launch.memory import __doc__ as MODEL_DOC
 
 
 EPILOG = "How each column is estimated:\n\n\b\n" + MODEL_DOC.split("The estimate adds up, per GPU:\n")[1]

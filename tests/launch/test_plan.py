@@ -23,13 +23,13 @@ def recipe_for(tmp_path, model, **values):
 
 @pytest.mark.parametrize("stage, expected_gb", [(0, 120), (1, 31.4), (2, 16.6), (3, 1.9)])
 def test_zero_paper_7_5b_on_64_gpus(stage, expected_gb):
-    from sft.launch.plan import GB, zero_model_states
+    from sft.launch.memory import GB, zero_model_states
 
     assert round(sum(zero_model_states(7.5e9, 64, stage).values()) / GB, 1) == expected_gb
 
 
 def test_llama_3_1_8b_counted_exactly_and_zero_states_on_8_gpus():
-    from sft.launch.plan import GB, count_parameters, load_config, zero_model_states
+    from sft.launch.memory import GB, count_parameters, load_config, zero_model_states
 
     count = count_parameters(load_config(str(TIERS / "configs" / "Llama-3.1-8B" / "config.json")))
     assert count.total == 8_030_261_248  # the published parameter count of Llama-3.1-8B
@@ -39,7 +39,7 @@ def test_llama_3_1_8b_counted_exactly_and_zero_states_on_8_gpus():
 
 
 def test_qlora_weights_are_4_127_bits_per_quantized_parameter_and_16_bit_elsewhere():
-    from sft.launch.plan import NF4_BITS, Setup, base_weight_bytes, count_parameters, load_config
+    from sft.launch.memory import NF4_BITS, Setup, base_weight_bytes, count_parameters, load_config
 
     count = count_parameters(load_config(str(TIERS / "configs" / "Llama-3.1-70B" / "config.json")))
     assert count.total == 70_553_706_496  # published count of Llama-3.1-70B
