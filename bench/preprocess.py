@@ -1,25 +1,32 @@
-"""Preprocessing speed: sft's render/tokenize/mask against TRL 1.16's own SFTTrainer dataset preparation.
+"""Preprocessing speed and peak memory: the path `sft train` takes against TRL 1.16's SFTTrainer preparation.
 
-Synthetic multi-turn conversations (default 20,000), a byte-level BPE tokenizer built locally (sft.tiny, nothing
-downloaded, with the template's special tokens added) and a chat template TRL ships a training version of
-(default Llama 3, whose TRL masks train what sft trains), so that TRL's `assistant_only_loss=True` works and the
-labels of both can be compared token for token. Both start from the same in-memory dataset of {"messages": [...]}
-rows, in one process, one after the other. TRL's side is `SFTTrainer._prepare_dataset`, the preparation
-SFTTrainer runs on its train dataset; sft's side is the path `sft train` takes (validate and normalise every row,
-then render, tokenize and mask). Prints examples/s of each, the ratio, whether the labels are identical, and the
-time of a second sft pass served by the cache.
+Synthetic multi-turn conversations written as a JSON Lines file (default 20,000 and 200,000), a byte-level BPE
+tokenizer built locally (sft.tiny, nothing downloaded) with a chat template TRL ships a training version of
+(Llama 3, whose TRL masks train what sft trains), saved with a tiny model as an ordinary model folder.
 
-    python bench/preprocess.py [--examples 20000] [--template llama3] [--seed 0]
+Both sides start from the JSONL file, with the same `dataset_num_proc` and nothing cached:
+  sft: a recipe (dataset_name: the file, data_cache: false) through `prepare_data`, as `sft train` calls it;
+  TRL: `load_dataset("json")`, then `SFTTrainer._prepare_dataset` with assistant_only_loss, as SFTTrainer does.
+Each side runs in its own subprocess with its own datasets cache. Time: the preparation alone (imports and the
+tokenizer load excluded, on both sides). Peak memory: the largest sum of the proportional set size (PSS: resident
+memory, pages shared between processes split among them, so forked num_proc workers are not counted twice) of the
+subprocess and all its children (the num_proc workers), sampled every 50 ms. The labels of both are compared
+token for token (TRL's assistant masks read as labels).
+
+    python bench/preprocess.py [--sizes 20000,200000] [--num-proc 2] [--template llama3] [--seed 0]
 """
 
 import argparse
+import json
 import os
 import random
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
-import warnings
+from pathlib import Path
 
 WORDS = ("the a model learns to answer questions about data in many languages while users ask for help with code "
          "math history science and travel plans then thanks it kindly").split()
@@ -31,93 +38,185 @@ def sentence(rng: random.Random) -> str:
     return text + rng.choice([".", "?", "!", ":\n- item one\n- item two", " 42."])
 
 
-def conversations(n: int, seed: int) -> list[dict]:
+def conversations(n: int, seed: int):
     rng = random.Random(seed)
-    rows = []
     for _ in range(n):
         messages = [{"role": "system", "content": sentence(rng)}] if rng.random() < 0.3 else []
         for _ in range(rng.randint(1, 4)):
             messages += [{"role": "user", "content": sentence(rng)}, {"role": "assistant", "content": sentence(rng)}]
-        rows.append({"messages": messages})
-    return rows
+        yield {"messages": messages}
 
 
-def trl_prepare(dataset, tokenizer):
-    """TRL 1.16's own SFTTrainer preparation with assistant_only_loss (the trainer is built on a tiny slice)."""
+def build_model(folder: Path, template_name: str, seed: int) -> None:
+    """A tiny Llama with a BPE tokenizer trained on the data's words and TRL's training template."""
+    import trl
     from transformers import AutoModelForCausalLM
+
+    from sft.tiny import build_model_config, build_tokenizer
+
+    template = (Path(trl.__file__).parent / "chat_templates" / f"{template_name}.jinja").read_text()
+    corpus = [m["content"] for row in conversations(2000, seed) for m in row["messages"]]
+    tokenizer = build_tokenizer("bpe", chat_template=template, corpus=corpus)
+    specials = sorted(set(re.findall(r"<\|[A-Za-z0-9_]+\|>", template)))  # as the real tokenizer has them
+    tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
+    config = build_model_config(len(tokenizer), hidden_size=32, layers=1)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def digest_of(dataset) -> str:
+    """sha256 of every row's input_ids and labels (lengths included), read batch by batch from Arrow."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for batch in dataset.with_format("arrow").iter(batch_size=10_000):
+        ids = batch.column("input_ids")
+        if "labels" in batch.column_names:
+            labels = batch.column("labels").combine_chunks().values.to_numpy()
+        else:  # TRL: labels are the input ids where the assistant mask is 1
+            masks = batch.column("assistant_masks").combine_chunks().values.to_numpy()
+            labels = np.where(masks == 1, ids.combine_chunks().values.to_numpy(), -100)
+        lengths = ids.combine_chunks().value_lengths().to_numpy()
+        digest.update(np.asarray(lengths, np.int64).tobytes())
+        digest.update(np.asarray(ids.combine_chunks().values.to_numpy(), np.int64).tobytes())
+        digest.update(np.asarray(labels, np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def sft_worker(model: Path, data: Path, num_proc: int, work: Path) -> dict:
+    from sft.data.prepare import prepare_data, recipe_tokenizer
+    from sft.recipe import load_recipe
+
+    recipe_path = work / "recipe.yaml"
+    recipe_path.write_text(json.dumps({"model_name_or_path": str(model), "dataset_name": str(data),
+                                       "output_dir": str(work / "out"), "data_cache": False,
+                                       "dataset_num_proc": num_proc}))
+    recipe = load_recipe(str(recipe_path))
+    tokenizer = recipe_tokenizer(recipe)
+    import datasets
+
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    prepared = prepare_data(recipe, tokenizer)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "examples": len(prepared.train), "digest": digest_of(prepared.train)}
+
+
+def trl_worker(model: Path, data: Path, num_proc: int, work: Path) -> dict:
+    import datasets
+    from datasets import Dataset, load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from sft.tiny import build_model_config
-
-    model = AutoModelForCausalLM.from_config(build_model_config(len(tokenizer), hidden_size=32, layers=1))
-    args = SFTConfig(output_dir=tempfile.mkdtemp(), assistant_only_loss=True, bf16=False, report_to=[],
-                     max_length=None, shuffle_dataset=False, use_cpu=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset.select(range(8)), processing_class=tokenizer)
+    datasets.disable_progress_bars()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    args = SFTConfig(output_dir=str(work / "out"), assistant_only_loss=True, bf16=False, report_to=[],
+                     max_length=None, shuffle_dataset=False, use_cpu=True, dataset_num_proc=num_proc)
+    tiny = Dataset.from_list([row for row, _ in zip(conversations(8, 0), range(8))])
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model), args=args, train_dataset=tiny,
+                         processing_class=tokenizer)
     started = time.perf_counter()
+    dataset = load_dataset("json", data_files=str(data), split="train")
     prepared = trainer._prepare_dataset(dataset, tokenizer, args, False, None, "train")
-    return prepared, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "examples": len(prepared), "digest": digest_of(prepared)}
 
 
-def sft_prepare(dataset, tokenizer, use_cache: bool):
-    """What `sft train` does with the same rows: normalise, then render, tokenize and mask (sft.data, sft.masks)."""
-    from sft.data import Source, as_dataset, normalise_rows
-    from sft.masks import summarise, tokenize_all
+def measured(side: str, model: Path, data: Path, num_proc: int, work: Path) -> dict:
+    """Run one side in a fresh subprocess; its result plus the peak RSS of its process tree."""
+    import psutil
 
-    started = time.perf_counter()
-    part = normalise_rows(dataset, [f"row {i + 1}" for i in range(len(dataset))], "chat", Source("bench", "bench"))
-    examples = as_dataset([(e, w, 0) for e, w in zip(part.examples, part.wheres)])
-    tokenized = tokenize_all(examples, tokenizer, "assistant", use_cache=use_cache)
-    keep, stats, problems = summarise(tokenized, "bench", False, 0.5, None)
-    assert not problems, problems
-    result = tokenized.full.select(keep).select_columns(["input_ids", "labels"])
-    return result, time.perf_counter() - started, stats
+    work.mkdir(parents=True)
+    result_file = work / "result.json"
+    env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf-cache"), "SFT_CACHE_DIR": str(work / "sft-cache"),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, __file__, "--worker", side, "--model", str(model), "--data", str(data), "--num-proc",
+           str(num_proc), "--work", str(work)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            total = 0
+            for process in tree:
+                try:
+                    total += process.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    output = proc.stdout.read()
+    if proc.returncode != 0 or not result_file.is_file():
+        raise SystemExit(f"{side} failed:\n{output[-4000:]}")
+    return {**json.loads(result_file.read_text()), "peak_pss": peak}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=20_000)
-    parser.add_argument("--template", default="llama3", help="a TRL template with a training version whose masks "
-                        "train what sft trains (see README, Versus TRL)")
+    parser.add_argument("--sizes", default="20000,200000", help="conversations per run, comma-separated")
+    parser.add_argument("--num-proc", type=int, default=2, help="dataset_num_proc of both sides")
+    parser.add_argument("--template", default="llama3", help="a TRL template with a training version")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", choices=["sft", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("SFT_CACHE_DIR", tempfile.mkdtemp(prefix="sft-bench-cache-"))
+    import warnings
+
     warnings.filterwarnings("ignore")
-    from pathlib import Path
+    if options.worker:
+        work = Path(options.work)
+        run = sft_worker if options.worker == "sft" else trl_worker
+        result = run(Path(options.model), Path(options.data), options.num_proc, work)
+        (work / "result.json").write_text(json.dumps(result))
+        return 0
 
-    import datasets
+    sizes = [int(s) for s in options.sizes.split(",")]
+    root = Path(tempfile.mkdtemp(prefix="sft-bench-preprocess-"))
+    try:
+        return compare(sizes, options, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def compare(sizes: list[int], options, root: Path) -> int:
     import trl
-    from datasets import Dataset
 
-    from sft.tiny import build_tokenizer
-
-    datasets.disable_progress_bars()
-    template = (Path(trl.__file__).parent / "chat_templates" / f"{options.template}.jinja").read_text()
-    rows = conversations(options.examples, options.seed)
-    tokenizer = build_tokenizer("bpe", chat_template=template,
-                                corpus=[m["content"] for r in rows[:2000] for m in r["messages"]])
-    specials = sorted(set(re.findall(r"<\|[A-Za-z0-9_]+\|>", template)))  # as the real tokenizer has them
-    tokenizer.add_special_tokens({"additional_special_tokens": specials}, replace_extra_special_tokens=False)
-    dataset = Dataset.from_list(rows)
-    print(f"{len(dataset):,} conversations, {sum(len(r['messages']) for r in rows):,} messages, template "
-          f"{options.template}, BPE tokenizer of {len(tokenizer)} tokens, {os.cpu_count()} CPUs", flush=True)
-
-    theirs, trl_seconds = trl_prepare(dataset, tokenizer)
-    ours, sft_seconds, stats = sft_prepare(dataset, tokenizer, use_cache=True)
-    again, cached_seconds, cached_stats = sft_prepare(dataset, tokenizer, use_cache=True)
-
-    same_ids = theirs["input_ids"] == ours["input_ids"]
-    same_labels = theirs["labels"] == ours["labels"]
-    n = len(dataset)
-    print(f"TRL {trl.__version__} SFTTrainer preparation: {n / trl_seconds:10,.0f} examples/s ({trl_seconds:.1f} s)")
-    print(f"sft (normalise, render, tokenize, mask):  {n / sft_seconds:10,.0f} examples/s ({sft_seconds:.1f} s, "
-          f"cache {stats['cache']})")
-    print(f"ratio sft / TRL: {trl_seconds / sft_seconds:.2f}x")
-    print(f"sft second pass, same inputs:             {n / cached_seconds:10,.0f} examples/s ({cached_seconds:.1f} s, "
-          f"cache {cached_stats['cache']})")
-    print(f"input_ids identical: {same_ids}; labels identical: {same_labels} "
-          f"({stats['trained_tokens']:,} of {stats['tokens']:,} tokens trained)")
-    return 0 if same_ids and same_labels else 1
+    model = root / "model"
+    build_model(model, options.template, options.seed)
+    print(f"template {options.template}, dataset_num_proc {options.num_proc}, {os.cpu_count()} CPUs, "
+          f"TRL {trl.__version__}; peak memory: sum of PSS over the process and its workers", flush=True)
+    print(f"{'conversations':>13} {'sft ex/s':>9} {'TRL ex/s':>9} {'speed':>6} {'sft peak':>9} {'TRL peak':>9} "
+          f"{'memory':>7}  identical", flush=True)
+    results = {}
+    all_same = True
+    for size in sizes:
+        data = root / f"data-{size}.jsonl"
+        with data.open("w") as handle:
+            for row in conversations(size, options.seed):
+                handle.write(json.dumps(row) + "\n")
+        ours = measured("sft", model, data, options.num_proc, root / f"sft-{size}")
+        theirs = measured("trl", model, data, options.num_proc, root / f"trl-{size}")
+        data.unlink()
+        same = ours["digest"] == theirs["digest"] and ours["examples"] == theirs["examples"] == size
+        all_same &= same
+        results[size] = ours
+        print(f"{size:>13,} {size / ours['seconds']:>9,.0f} {size / theirs['seconds']:>9,.0f} "
+              f"{theirs['seconds'] / ours['seconds']:>5.2f}x {ours['peak_pss'] / 2**30:>7.2f}GB "
+              f"{theirs['peak_pss'] / 2**30:>7.2f}GB {ours['peak_pss'] / theirs['peak_pss']:>6.2f}x  {same}",
+              flush=True)
+    if len(sizes) > 1:
+        small, large = min(sizes), max(sizes)
+        print(f"sft peak memory at {large:,} / at {small:,}: "
+              f"{results[large]['peak_pss'] / results[small]['peak_pss']:.2f}x")
+    return 0 if all_same else 1
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from sft.templates.chat import apply_template
-    from sft.data import prepare_data
+    from sft.data.prepare import prepare_data
     from sft.model import load_tokenizer
     from sft.recipe import load_recipe
 

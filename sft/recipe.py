@@ -302,7 +302,7 @@ def coerce(value, tp):
     if dataclasses.is_dataclass(tp):  # e.g. TRL's DatasetConfig entries of `datasets:`
         if isinstance(value, tp):
             return value
-        from sft.data import extended_entry_type
+        from sft.data.sources import extended_entry_type
 
         tp = extended_entry_type(tp)  # DatasetConfig gains sft's per-source keys (format, column_mapping)
         if not isinstance(value, dict):

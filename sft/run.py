@@ -95,7 +95,7 @@ def checked_trainer(recipe):
     from sft.train.callbacks import trackers_last
     from sft.templates.chat import apply_template
     from sft.train.checkpoints import refuse_finished, resume_checkpoint
-    from sft.data import prepare_data
+    from sft.data.prepare import prepare_data
     from sft.train.locking import lock_output_dir_on_all_ranks
     from sft.model import check_model_source, load_model, load_tokenizer, peft_config
     from sft.validate import check_lora_targets

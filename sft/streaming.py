@@ -2,8 +2,8 @@
 checked, normalised, rendered, tokenized and masked as training reads them, so a dataset larger than memory (or
 than the time one would spend preparing it) trains without a pass over all of it first.
 
-The rows go through the same functions as the non-streaming path (sft.data.normalise, sft.masks.encode_batch),
-inside `IterableDataset.map`. Before anything is written, the first HEAD_ROWS rows are checked as `sft check`
+The rows go through the same functions as the non-streaming path (sft.data.formats.normalise,
+sft.masks.encode_batch), inside `IterableDataset.map`. Before anything is written, the first HEAD_ROWS rows are checked as `sft check`
 checks a whole dataset (formats, template, masks, bad rows); the rest is checked as it is met: a bad row stops the
 run with the same one line as without streaming, or with skip_bad_rows is reported on its own line and counted.
 """
@@ -13,8 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft.data import (LOCAL_BUILDERS, PreparedData, Source, default_loss_mode, detect_format, local_data_files,
-                      normalise, recipe_sources, resolve_loss_mode)
+from sft.data.formats import default_loss_mode, detect_format, normalise
+from sft.data.mixture import recipe_sources
+from sft.data.prepare import PreparedData, resolve_loss_mode
+from sft.data.sources import LOCAL_BUILDERS, Source, local_data_files
 from sft.errors import UserError
 
 HEAD_ROWS = 1000  # rows checked up front (by `sft check`, and by `sft train` before it writes anything)
@@ -196,8 +198,8 @@ class StreamCounts:
 
 
 class RowMasker:
-    """The `IterableDataset.map` function of a streamed run: a batch of raw rows normalised (sft.data.normalise),
-    rendered, tokenized and masked (sft.masks.encode_batch); only examples with trained tokens leave it. A bad row
+    """The `IterableDataset.map` function of a streamed run: a batch of raw rows normalised
+    (sft.data.formats.normalise), rendered, tokenized and masked (sft.masks.encode_batch); only examples with trained tokens leave it. A bad row
     stops the run with the non-streaming path's one line, or, with skip_bad_rows, is reported on a line of its
     own and counted."""
 

@@ -18,7 +18,8 @@ from sft.io import percentiles, write_atomic, write_jsonl
 def read_rows(path: str, instruction_template: str = "chat") -> tuple[list[dict], list[dict], str]:
     """(raw rows, normalised rows, format) of one data file. A row that cannot be normalised is kept raw with a
     None normalised form, so filters can count and drop it."""
-    from sft.data import detect_format, load_source, normalise
+    from sft.data.formats import detect_format, normalise
+    from sft.data.sources import load_source
 
     if not Path(path).is_file():
         raise UserError(f"{path}: data file not found")

@@ -64,7 +64,8 @@ def corpus_bleu(predictions: list[str], references: list[str]) -> tuple[float, s
 
 def read_eval_rows(path: str, instruction_template: str = "chat") -> tuple[list[dict], list, str]:
     """(normalised rows, the raw `expected` value of each row or None, format) from a data file."""
-    from sft.data import detect_format, load_source, normalise
+    from sft.data.formats import detect_format, normalise
+    from sft.data.sources import load_source
 
     raw = load_source(path)
     if len(raw) == 0:

@@ -144,7 +144,7 @@ def render_prompt(tokenizer, prompt, instruction_template: str = "chat") -> str:
     Conversations and user messages go through the chat template with the assistant header appended; a run
     that rendered instruction data with the Alpaca prompt gets that prompt; a tokenizer without a chat template
     gets the text as it is."""
-    from sft.data import ALPACA_PROMPT
+    from sft.data.formats import ALPACA_PROMPT
 
     if isinstance(prompt, list):
         if not tokenizer.chat_template:
@@ -159,7 +159,7 @@ def render_prompt(tokenizer, prompt, instruction_template: str = "chat") -> str:
 
 
 def prompt_and_reference(example: dict) -> tuple[object, str | None]:
-    """A normalised example (sft.data.normalise) -> (prompt: text or messages, reference answer or None)."""
+    """A normalised example (sft.data.formats.normalise) -> (prompt: text or messages, reference answer or None)."""
     if example.get("messages") is not None:
         messages = list(example["messages"])
         turns = example.get("_completion_turns") or 1

@@ -11,7 +11,7 @@ def command(args):
     token-length percentiles, share of tokens trained, truncated and dropped examples. Exit 0 when the run would
     start, 2 with the reasons when it would not. The tokenized data is cached for the run. The recipe is given as
     to `sft train`: RECIPE or --config RECIPE, or keys alone, then --key value overrides."""
-    from sft.data import prepare_data, recipe_tokenizer
+    from sft.data.prepare import prepare_data, recipe_tokenizer
     from sft.errors import EXIT_BAD_INPUT
     from sft.recipe import load_recipe
     from sft.recipe_args import split_command_line

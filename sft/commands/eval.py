@@ -123,7 +123,7 @@ def command(model_or_run, data_file, recipe, metrics, tasks, include_path, base,
 
 def recipe_eval_rows(recipe_address, folder):
     """The eval split of a recipe (or of the run's own resolved recipe), as normalised rows."""
-    from sft.data import load_recipe_data
+    from sft.data.prepare import load_recipe_data
     from sft.errors import UserError
     from sft.recipe import load_recipe
 

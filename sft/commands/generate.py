@@ -65,7 +65,8 @@ def read_prompts(file, loaded):
     if path.suffix == ".txt":
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         return lines, [render_prompt(loaded.tokenizer, line, loaded.instruction_template) for line in lines]
-    from sft.data import detect_format, load_source, normalise
+    from sft.data.formats import detect_format, normalise
+    from sft.data.sources import load_source
 
     raw = load_source(str(path))
     columns = set(raw.column_names)

@@ -24,7 +24,7 @@ def command(args, count, as_json):
     differently (e.g. drops their reasoning), each turn is its own example ("split")."""
     import json
 
-    from sft.data import prepare_data, recipe_tokenizer
+    from sft.data.prepare import prepare_data, recipe_tokenizer
     from sft.recipe import load_recipe
     from sft.recipe_args import split_command_line
 

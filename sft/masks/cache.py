@@ -1,10 +1,19 @@
 """The on-disk cache of tokenized datasets: a key made of the examples, the tokenizer, the template, the stop
 tokens, the chat_template_kwargs and the settings, so that a second run with unchanged inputs reuses the result
-and any change to one of them does not."""
+and any change to one of them does not.
 
+Beside it, a run-scoped scratch folder for the Arrow files data preparation writes when they are not cached
+(normalised rows, and tokens with `data_cache: false`): on disk and memory-mapped, so a large dataset is never held
+in memory, and removed when the process that made it exits."""
+
+import atexit
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+import uuid
+from functools import lru_cache
 from pathlib import Path
 
 CACHE_VERSION = "2"  # bump when the masks module's output changes for the same inputs
@@ -41,3 +50,31 @@ def cache_key(dataset, tokenizer, plan, settings: dict) -> str:
     for batch in dataset.iter(batch_size=10_000):
         digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
+
+
+def scratch_root() -> Path:
+    root = cache_root() / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@lru_cache(maxsize=None)
+def scratch_dir() -> Path:
+    root = scratch_root()
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f"run-{os.getpid()}-"))
+    owner = os.getpid()
+
+    def remove():
+        if os.getpid() == owner:  # not from a forked worker (datasets' num_proc) that inherited the handler
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    return folder
+
+
+def scratch_name() -> str:
+    return uuid.uuid4().hex
+
+
+def scratch_file(kind: str) -> str:
+    return str(scratch_dir() / f"{kind}-{scratch_name()}.arrow")

@@ -7,39 +7,57 @@ def column(dataset, name) -> list:
     return dataset.data.column(name).to_pylist() if dataset._indices is None else dataset[name]
 
 
+def arrow_column(dataset, name):
+    """One column as Arrow (no Python list), the dataset's index mapping applied."""
+    if dataset._indices is None:
+        return dataset.data.column(name)
+    return dataset.select_columns([name]).with_format("arrow")[:][name]
+
+
+def column_array(dataset, name):
+    """One column as a numpy array."""
+    return arrow_column(dataset, name).to_numpy()
+
+
 def summarise(tokenized, source: str, skip_bad_rows: bool, max_dropped_fraction: float, max_length):
-    """(indices of rows to train on, stats, problems) of a tokenized dataset."""
+    """(indices of rows to train on, stats, problems) of a tokenized dataset, computed on its Arrow columns."""
+    import numpy as np
+    import pyarrow.compute as pc
+
     full = tokenized.full
-    errors, wheres = column(full, "error"), column(full, "where")
-    trained, lengths = column(full, "trained"), column(full, "length")
-    lost, truncated, fallback = column(full, "lost"), column(full, "truncated"), column(full, "fallback")
-    parts = column(full, "part")
+    has_error = pc.is_valid(arrow_column(full, "error")).to_numpy(zero_copy_only=False).astype(bool)
+    trained, lengths = column_array(full, "trained"), column_array(full, "length")
+    lost, truncated = column_array(full, "lost").astype(bool), column_array(full, "truncated").astype(bool)
+    fallback, parts = column_array(full, "fallback").astype(bool), column_array(full, "part")
+    untrained = ~has_error & (trained == 0) & ~lost
     problems = []
-    bad = [(wheres[i], errors[i]) for i in range(len(full)) if errors[i]]
-    bad += [(wheres[i], "no token would be trained in this example") for i in range(len(full))
-            if not errors[i] and trained[i] == 0 and not lost[i]]
+    # only the bad rows' where and reason become Python values: the errors first, then the untrained rows
+    failed = full.select(np.flatnonzero(has_error))
+    bad = list(zip(failed["where"], failed["error"]))
+    bad += [(where, "no token would be trained in this example")
+            for where in full.select(np.flatnonzero(untrained))["where"]]
     if bad and not skip_bad_rows:
         problems.append(describe_bad_rows(bad))
-    n_lost = sum(lost)
-    if full and n_lost / len(full) > max_dropped_fraction:
+    n_lost = int(lost.sum())
+    if len(full) and n_lost / len(full) > max_dropped_fraction:
         problems.append(f"{source}: {n_lost} of {len(full)} examples lose every trained token to "
                         f"max_length={max_length} (more than max_dropped_fraction={max_dropped_fraction}); raise "
                         "max_length or use truncation_mode: keep_end")
-    keep = [i for i in range(len(full)) if trained[i] > 0 and not errors[i]]
-    if not keep and not problems:
+    keep = np.flatnonzero((trained > 0) & ~has_error)
+    if not len(keep) and not problems:
         problems.append(f"{source}: no example is left to train on")
-    kept_lengths = sorted(lengths[i] for i in keep)
+    kept_lengths = np.sort(lengths[keep])
     stats = {
         "examples": len(full),
         "kept": len(keep),
         "dropped_truncated": n_lost,
         "skipped_bad": len(bad),
-        "tokens": sum(kept_lengths),
-        "trained_tokens": sum(trained[i] for i in keep),
-        "truncated": sum(1 for i in keep if truncated[i]),
-        "fallback": sum(1 for i in keep if fallback[i]),
+        "tokens": int(kept_lengths.sum()),
+        "trained_tokens": int(trained[keep].sum()),
+        "truncated": int(truncated[keep].sum()),
+        "fallback": int(fallback[keep].sum()),
         # conversations the template made split (split_turns, asked for, is not counted)
-        "split": sum(1 for part, fell_back in zip(parts, fallback) if part == 1 and not fell_back),
+        "split": int(((parts == 1) & ~fallback).sum()),
         "length_percentiles": percentiles(kept_lengths),
         "cache": tokenized.cache,
         "masks": tokenized.plan.description,

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 from sft.errors import UserError
-from sft.masks.cache import cache_key, cache_root
+from sft.masks.cache import cache_key, cache_root, scratch_file, scratch_name
 from sft.masks.plan import IGNORE, MaskError, MaskPlan, plan_masks
 from sft.masks.spans import FALLBACKS, Rendered, chat_examples
 
@@ -164,9 +164,12 @@ class Tokenized:
 
 
 def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation_mode="keep_start",
-                 chat_template=None, mask_fallback="context", source="data", use_cache=True, plan=None) -> Tokenized:
-    """Render, tokenize and mask every example; rows that fail keep their error. Cached on disk when use_cache.
-    `plan`: the MaskPlan of this tokenizer and loss mode, when the caller has built it already."""
+                 chat_template=None, mask_fallback="context", source="data", use_cache=True, plan=None,
+                 num_proc=None) -> Tokenized:
+    """Render, tokenize and mask every example; rows that fail keep their error. Cached on disk when use_cache,
+    otherwise written to the run's scratch folder (memory-mapped, removed at exit), never held in memory.
+    `plan`: the MaskPlan of this tokenizer and loss mode, when the caller has built it already.
+    `num_proc`: worker processes (the recipe's dataset_num_proc)."""
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"{type(tokenizer).__name__}: sft needs a fast tokenizer (tokenizer.json) to locate the "
                         "trained tokens")
@@ -177,14 +180,17 @@ def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation
     plan = plan or plan_masks(tokenizer, loss_mode, chat_template)
     kwargs = dict(tokenizer=tokenizer, plan=plan, loss_mode=loss_mode, max_length=max_length,
                   truncation_mode=truncation_mode, fallback=mask_fallback, source=source)
+    num_proc = num_proc if num_proc and num_proc > 1 and len(dataset) >= 2 * num_proc else None
     map_args = dict(batched=True, batch_size=512, with_indices=True, remove_columns=dataset.column_names,
-                    fn_kwargs=kwargs, desc="Rendering, tokenizing and masking")
+                    fn_kwargs=kwargs, desc="Rendering, tokenizing and masking", num_proc=num_proc)
     if len(dataset) == 0:  # every row was bad: an empty table of the columns the summary reads
         from datasets import Dataset
 
         return Tokenized(Dataset(arrow_table({name: [] for name in COLUMNS})), "off", plan)
     if not use_cache:
-        return Tokenized(dataset.map(encode_batch, keep_in_memory=True, **map_args), "off", plan)
+        full = dataset.map(encode_batch, cache_file_name=scratch_file("tokenized"), load_from_cache_file=False,
+                           new_fingerprint=scratch_name(), **map_args)
+        return Tokenized(full, "off", plan)
     settings = {"loss_mode": loss_mode, "max_length": max_length, "truncation_mode": truncation_mode,
                 "fallback": mask_fallback, "source": source}
     key = cache_key(dataset, tokenizer, plan, settings)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sft.data import prepare_data, recipe_tokenizer
+from sft.data.prepare import prepare_data, recipe_tokenizer
 from sft.errors import UserError
 from sft.recipe import load_recipe
 from tests.conftest import run_cli, write_recipe
@@ -241,3 +241,49 @@ def test_check_and_preview(tmp_path, tiny_model):
     out = sft("preview", recipe, "-n", "1").stdout
     assert "trained tokens between ⟦ and ⟧" in out and "a.jsonl:1 · 36 tokens, 6 trained" in out
     assert "<|im_start|>assistant\n⟦ans 0<|im_end|>⟧" in out
+
+
+def test_sft_eval_recipe_evaluates_on_the_rows_training_held_out(tmp_path, tiny_model):
+    """`sft eval --recipe` reads the eval split through the same pipeline as training: with test_split_size, and
+    with the source's own test split (eval_strategy set, no test_split_size), where it used to find none."""
+    from sft.data.prepare import load_recipe_data
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(30)]
+    train, test = write_jsonl(tmp_path / "tr.jsonl", rows[:20]), write_jsonl(tmp_path / "te.jsonl", rows[18:])
+    by_size = dict(dataset_name=str(train), test_split_size=0.25)
+    own_split = dict(datasets=[{"path": "json", "data_files": {"train": str(train), "test": str(test)}}],
+                     eval_strategy="steps", eval_steps=1)
+    for values, expected in ((by_size, 5), (own_split, 12)):
+        data = prepared(tmp_path, tiny_model, **values)
+        recipe = load_recipe(str(tmp_path / "recipe.yaml"))
+        trained, held_out, _ = load_recipe_data(recipe)
+        assert len(held_out) == expected and list(held_out) == list(data.eval_rows)
+        assert not {json.dumps(r) for r in held_out} & {json.dumps(r) for r in trained}
+    assert data.stats["duplicates_removed"] == 2  # q18, q19 are in both files: evaluated on, not trained on
+
+
+def test_read_file_detects_the_format_and_names_each_row(tmp_path):
+    from sft.data.rows import read_file
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n\n" + json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n")
+    data = read_file(str(path))
+    assert (data.format, len(data)) == ("chat", 2)
+    good, bad = data.rows()
+    assert (good.where, good.example, good.reason) == (f"{path}:1", CHAT, None)
+    assert (bad.where, bad.example) == (f"{path}:3", None)
+    assert bad.reason.startswith("message 1 has unknown role 'bot'")
+
+
+def test_dataset_num_proc_workers_give_the_same_rows_counts_and_errors(tmp_path, tiny_model):
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(60)]
+    rows[41] = {"messages": [{"role": "user", "content": "hi"}]}
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    one = prepared(tmp_path, tiny_model, strict=False, dataset_name="d.jsonl", test_split_size=6)
+    two = prepared(tmp_path, tiny_model, strict=False, dataset_name="d.jsonl", test_split_size=6, dataset_num_proc=2)
+    assert list(two.train["input_ids"]) == list(one.train["input_ids"])
+    assert list(two.eval["labels"]) == list(one.eval["labels"])
+    assert two.stats == one.stats and two.problems == one.problems
+    assert one.problems[0].startswith(f"{tmp_path / 'd.jsonl'}:42: the conversation ends on a user turn")

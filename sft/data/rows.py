@@ -1,0 +1,199 @@
+"""Rows: every row of a source checked and normalised in Arrow, by batched `datasets.map` (with the recipe's
+`dataset_num_proc`), into JSON examples written to disk: no Python list of the whole dataset is built. A bad row
+is kept as its reason until it is counted and named (file and line, computed from its position)."""
+
+import json
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import NamedTuple
+
+from sft.data.formats import detect_format, normalise
+from sft.data.sources import Part, Source, Where, load_source_parts
+from sft.masks.cache import scratch_file, scratch_name
+from sft.errors import UserError
+
+EXAMPLE_COLUMNS = ["example", "where", "source"]  # what the masks read
+
+
+class BadRow(NamedTuple):
+    where: str
+    reason: str
+
+
+@dataclass
+class SourceRows:
+    """One source, normalised: a dataset of its good rows (example JSON, where, digest, source index) and the bad
+    rows, named."""
+
+    source: Source
+    format: str
+    rows: int
+    dataset: object = None
+    bad: list[BadRow] = field(default_factory=list)
+    chat: bool = False  # some example goes through the chat template
+
+    @property
+    def examples(self) -> int:
+        return 0 if self.dataset is None else len(self.dataset)
+
+
+def normalise_batch(batch, indices, fmt, instruction_template, where: Where, source_index: int):
+    """`Dataset.map(batched=True)` function: each raw row as example JSON, or its reason when it is bad."""
+    import pyarrow as pa
+
+    names = list(batch)
+    examples, reasons, digests = [], [], []
+    for position in range(len(indices)):
+        text = reason = digest = None
+        try:
+            example = normalise({name: batch[name][position] for name in names}, fmt, instruction_template)
+            # key order kept: templates write mappings (tools, tool-call arguments) in the order they are given
+            text = json.dumps(example, ensure_ascii=False)
+            digest = blake2b(text.encode(), digest_size=16).digest()  # exact duplicates, compared compactly
+        except ValueError as err:
+            reason = str(err)
+        examples.append(text)
+        reasons.append(reason)
+        digests.append(digest)
+    return pa.table({"example": pa.array(examples, pa.string()), "where": pa.array([where(i) for i in indices]),
+                     "digest": pa.array(digests, pa.binary(16)), "source": pa.array([source_index] * len(indices),
+                                                                                      pa.int32()),
+                     "bad": pa.array(reasons, pa.string())})
+
+
+def normalised_part(part: Part, fmt: str, source: Source, source_index: int, instruction_template: str,
+                    num_proc: int | None) -> SourceRows:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    raw = part.dataset
+    result = SourceRows(source, fmt, len(raw))
+    if len(raw) == 0:
+        return result
+    num_proc = num_proc if num_proc and num_proc > 1 and len(raw) >= 2 * num_proc else None
+    mapped = raw.map(normalise_batch, batched=True, batch_size=1000, with_indices=True, num_proc=num_proc,
+                     remove_columns=raw.column_names, cache_file_name=scratch_file("normalised"),
+                     load_from_cache_file=False, new_fingerprint=scratch_name(),
+                     fn_kwargs=dict(fmt=fmt, instruction_template=instruction_template, where=part.where,
+                                    source_index=source_index))
+    is_bad = pc.is_valid(mapped.data.column("bad"))
+    if pc.any(is_bad).as_py():
+        rows = mapped.data.filter(is_bad).select(["where", "bad"]).to_pylist()
+        result.bad = [BadRow(row["where"], row["bad"]) for row in rows]
+    good = np.flatnonzero(~is_bad.to_numpy(zero_copy_only=False))
+    result.dataset = mapped.select_columns(["example", "where", "digest", "source"]).select(good)
+    if len(good):
+        result.chat = pc.any(pc.starts_with(mapped.data.column("example"), '{"messages"')).as_py()
+    return result
+
+
+def prepare_columns(raw, source: Source, recipe):
+    """(dataset with the format's column names, format) for one file or dataset of a source."""
+    if source.columns:
+        missing = [c for c in source.columns if c not in raw.column_names]
+        if missing:
+            raise UserError(f"{source.label}: columns {missing} not found; the data has {raw.column_names}")
+        raw = raw.select_columns(source.columns)
+    mapping = dict(source.column_mapping or {})
+    text_field = recipe.training.dataset_text_field or "text"
+    if text_field != "text" and text_field in raw.column_names and "text" not in raw.column_names:
+        mapping.setdefault(text_field, "text")
+    if mapping:
+        missing = [c for c in mapping if c not in raw.column_names]
+        if missing:
+            raise UserError(f"{source.label}: column_mapping names columns {missing} that the data does not have "
+                            f"(it has {raw.column_names})")
+        raw = raw.rename_columns(mapping)
+    return raw, detect_format(raw.column_names, source.format or recipe.sft.dataset_format, source.label)
+
+
+def read_source(source: Source, recipe, index: int = 0, split: str | None = None) -> SourceRows:
+    from datasets import concatenate_datasets
+
+    parts = load_source_parts(source.path, source.name, split or source.split, source.data_files, source.data_dir,
+                              source.label)
+    result, datasets = None, []
+    for part in parts:
+        raw, fmt = prepare_columns(part.dataset, source, recipe)
+        rows = normalised_part(Part(raw, part.where), fmt, source, index, recipe.sft.instruction_template,
+                               recipe.training.dataset_num_proc)
+        if result is None:
+            result = rows
+        elif rows.format != result.format:
+            raise UserError(f"{source.label}: {part.where.label} holds {rows.format} data and the files before it "
+                            f"{result.format}; list them as separate sources")
+        else:
+            result.rows += rows.rows
+            result.bad += rows.bad
+            result.chat = result.chat or rows.chat
+        if rows.dataset is not None:
+            datasets.append(rows.dataset)
+    if result.rows == 0:
+        raise UserError(f"{source.label}: the dataset is empty")
+    if datasets:
+        result.dataset = datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets)
+    if not result.examples:
+        raise UserError(no_row_fits(result, raw.column_names))
+    return result
+
+
+def no_row_fits(result: SourceRows, columns: list[str]) -> str:
+    """Every row is bad: most often a forced format (dataset_format, format) that the data does not have."""
+    where, reason = result.bad[0]
+    try:
+        detected = detect_format(columns)
+    except UserError:
+        detected = None
+    if detected and detected != result.format:
+        return (f"{where}: {reason}; none of the {result.rows} rows is {result.format} data; the data looks like "
+                f"{detected} (columns {', '.join(columns)}): remove dataset_format or set it to {detected}")
+    return f"{where}: {reason}; none of the {result.rows} rows can be used: fix the data"
+
+
+def read_sources(sources: list[Source], recipe) -> list[SourceRows]:
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    shown = is_progress_bar_enabled()
+    disable_progress_bar()  # reading files is quick; a bad file should read as one error line
+    try:
+        return [read_source(source, recipe, index) for index, source in enumerate(sources)]
+    finally:
+        if shown:
+            enable_progress_bar()
+
+
+@dataclass
+class FileRow:
+    raw: dict
+    example: dict | None  # normalised, or None when the row is bad
+    where: str
+    reason: str | None = None
+
+
+@dataclass
+class FileRows:
+    """One data file read, its format detected: `rows()` yields every row, raw and normalised, named."""
+
+    path: str
+    format: str
+    parts: list[Part]
+    instruction_template: str = "chat"
+
+    def __len__(self) -> int:
+        return sum(len(part.dataset) for part in self.parts)
+
+    def rows(self):
+        for part in self.parts:
+            for index, raw in enumerate(part.dataset):
+                try:
+                    yield FileRow(raw, normalise(raw, self.format, self.instruction_template), part.where(index))
+                except ValueError as err:
+                    yield FileRow(raw, None, part.where(index), str(err))
+
+
+def read_file(path: str, instruction_template: str = "chat", forced_format: str | None = None) -> FileRows:
+    """Read a data file (or folder, or glob), detect its format and normalise its rows: what curation and
+    evaluation read data files with, as training does."""
+    parts = load_source_parts(str(path))
+    columns = parts[0].dataset.column_names
+    return FileRows(str(path), detect_format(columns, forced_format, str(path)), parts, instruction_template)

@@ -1,0 +1,215 @@
+"""Sources: one dataset of the recipe (a local file, folder or glob, or a Hub dataset) read into Arrow, with
+where each row came from (file and line for JSON Lines, row number otherwise) computed from its position."""
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from sft.data.formats import FORMATS
+from sft.errors import UserError
+
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass
+class Source:
+    """One dataset of the recipe, however it was written (dataset_name, a `datasets:` or `dataset_mixture` entry)."""
+
+    label: str  # how messages name it: the recipe key it came from
+    path: str
+    name: str | None = None
+    split: str = "train"
+    data_files: object = None
+    data_dir: str | None = None
+    columns: list | None = None
+    fraction: float | None = None  # TRL: target share of the mixture
+    weight: float | None = None  # alignment-handbook: share of this dataset that is kept
+    format: str | None = None
+    column_mapping: dict | None = None
+
+
+@lru_cache(maxsize=None)
+def source_config_class():
+    """TRL's DatasetConfig (one `datasets:` entry) with sft's per-source keys; the recipe loader builds entries
+    from it so that unknown keys fail there, named."""
+    from trl.scripts.utils import DatasetConfig
+
+    @dataclass
+    class SourceConfig(DatasetConfig):
+        format: str | None = field(default=None, metadata={"help": f"Force this source's format: {FORMATS}."})
+        column_mapping: dict | None = field(default=None, metadata={"help": "Rename this source's columns."})
+
+    return SourceConfig
+
+
+def extended_entry_type(tp):
+    """The class a recipe builds for a dataclass-typed entry: TRL's DatasetConfig gains sft's per-source keys."""
+    from trl.scripts.utils import DatasetConfig
+
+    return source_config_class() if tp is DatasetConfig else tp
+
+
+def local_data_files(name: str) -> list[Path] | None:
+    """The files a local `dataset_name` stands for (a file, a folder, or a glob), or None if it is not local."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_BUILDERS and p.is_file())
+        if not files:
+            raise UserError(f"{name}: folder has no data files ({', '.join(LOCAL_BUILDERS)})")
+        return files
+    if any(ch in name for ch in "*?["):
+        files = sorted(Path().glob(name)) if not path.is_absolute() else sorted(Path("/").glob(name.lstrip("/")))
+        files = [f for f in files if f.is_file()]
+        if not files:
+            raise UserError(f"{name}: no files match this pattern")
+        return files
+    if path.suffix in LOCAL_BUILDERS or name.startswith((".", "/", "~")):
+        raise UserError(f"{name}: data file not found")
+    return None
+
+
+@dataclass
+class Where:
+    """Where the rows of one part (a file, or a Hub split) came from, computed from a row's position: "file:line"
+    for JSON Lines, "file row N" otherwise. Line numbers are kept as a compact array, not as strings per row."""
+
+    label: str  # the file, or "name[split]"
+    lines: object = None  # array of the line number of each row (JSON Lines), or None
+
+    def __call__(self, index: int) -> str:
+        if self.lines is not None:
+            return f"{self.label}:{self.lines[index]}"
+        return f"{self.label} row {index + 1}"
+
+
+@dataclass
+class Part:
+    """One file (or Hub split) of a source, as an Arrow dataset."""
+
+    dataset: object
+    where: Where
+
+
+def check_json_file(path: Path) -> None:
+    """Name the file and line of the first malformed row of a JSON file (datasets' own errors name neither)."""
+    with path.open("rb") as handle:
+        first = handle.read(1).lstrip()
+        handle.seek(0)
+        if path.suffix == ".json" and first == b"[":
+            from sft.errors import not_utf8
+
+            raw = handle.read()
+            try:
+                json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise not_utf8(path, raw, err.start) from None
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+            return
+        for number, line in utf8_lines(handle, path):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{number}: not valid JSON: {err.msg} (column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
+
+
+def row_lines(path: Path):
+    """The line number of each row of a JSON Lines file (blank lines hold none), every line checked to be UTF-8;
+    None for a JSON array. Parsing is left to datasets: check_json_file names a bad line only when it fails."""
+    from array import array
+
+    with path.open("rb") as handle:
+        if path.suffix == ".json" and handle.read(1).lstrip() == b"[":
+            return None
+        handle.seek(0)
+        return array("I", (number for number, line in utf8_lines(handle, path) if line.strip()))
+
+
+def utf8_lines(handle, path: Path):
+    """(line number, line) of a binary file handle; a line that is not UTF-8 fails naming file, line and column."""
+    from sft.errors import not_utf8
+
+    for number, line in enumerate(handle, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise not_utf8(path, line, err.start, number) from None
+        yield number, line
+
+
+def load_local_file(path: Path) -> Part:
+    """One local file as a dataset (datasets' Arrow cache, memory-mapped), with where each row is."""
+    from datasets import load_dataset
+
+    builder = LOCAL_BUILDERS.get(path.suffix)
+    if builder is None:
+        raise UserError(f"{path}: unsupported file type (use {', '.join(LOCAL_BUILDERS)})")
+    if path.stat().st_size < 65536 and not path.read_bytes().strip():  # datasets fails with an empty message
+        raise UserError(f"{path}: the dataset is empty")
+    lines = row_lines(path) if builder == "json" else None
+    if builder in ("csv", "text"):
+        with path.open("rb") as handle:
+            for _ in utf8_lines(handle, path):
+                pass
+    try:
+        dataset = load_dataset(builder, data_files=[str(path)], split="train")
+    except Exception as err:  # datasets wraps parser errors in its own types; name the file and line instead
+        if builder == "json":
+            check_json_file(path)
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise UserError(f"{path}: could not read as {builder}: {reason}") from err
+    if builder == "json":
+        if lines is None or len(lines) != len(dataset):  # rows datasets read some other way than one per line
+            check_json_file(path)
+            lines = None if lines is None or len(lines) != len(dataset) else lines
+    return Part(dataset, Where(str(path), lines))
+
+
+def concatenated(parts: list[Part], where):
+    """One dataset from several files' parts, their column types unified where they differ."""
+    from datasets import concatenate_datasets
+
+    if len(parts) == 1:
+        return parts[0].dataset
+    datasets = [parts[0].dataset]
+    try:
+        datasets += [p.dataset.cast(parts[0].dataset.features) for p in parts[1:]]
+        return concatenate_datasets(datasets)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{where}: files have different columns ({str(err).splitlines()[0]}); list them as "
+                        "separate sources") from err
+
+
+def load_source(name: str, config: str | None = None, split: str = "train", data_files=None, data_dir=None):
+    """One source: a local file/folder/glob, or anything `datasets.load_dataset` accepts (a Hub name)."""
+    return concatenated(load_source_parts(name, config, split, data_files, data_dir), name)
+
+
+def load_source_parts(name: str, config=None, split="train", data_files=None, data_dir=None, label=None) -> list[Part]:
+    """One part per local file (file, folder or glob), or one through `datasets.load_dataset` (a Hub name, or a
+    builder such as json with data_files)."""
+    from datasets import load_dataset
+
+    label = label or name
+    files = local_data_files(name) if data_files is None else None
+    if files is None and data_files is not None and name in set(LOCAL_BUILDERS.values()):
+        listed = [data_files] if isinstance(data_files, str) else data_files
+        if isinstance(listed, list) and all(isinstance(f, str) for f in listed):
+            files = [f for entry in listed for f in (local_data_files(entry) or [Path(entry)])]
+    if files is not None:
+        return [load_local_file(f) for f in files]
+    try:
+        dataset = load_dataset(name, name=config, split=split, data_files=data_files, data_dir=data_dir)
+    except FileNotFoundError as err:
+        raise UserError(f"{label}: dataset {name} not found locally or on the Hub "
+                        f"({str(err).splitlines()[0]})") from err
+    except (ValueError, ConnectionError, OSError) as err:
+        raise UserError(f"{label}: {name}: {str(err).splitlines()[0]}") from err
+    return [Part(dataset, Where(f"{name}[{split}]"))]
