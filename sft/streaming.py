@@ -3,8 +3,8 @@ checked, normalised, rendered, tokenized and masked as training reads them, so a
 than the time one would spend preparing it) trains without a pass over all of it first.
 
 The rows go through the same functions as the non-streaming path (sft.data.formats.normalise,
-sft.masks.encode_batch), inside `IterableDataset.map`. Before anything is written, the first HEAD_ROWS rows are checked as `sft check`
-checks a whole dataset (formats, template, masks, bad rows); the rest is checked as it is met: a bad row stops the
+sft.masks.encode_batch), inside `IterableDataset.map`. Before anything is written, the first HEAD_ROWS rows are
+checked as `sft check` checks a whole dataset (formats, template, masks, bad rows); the rest is checked as it is met: a bad row stops the
 run with the same one line as without streaming, or with skip_bad_rows is reported on its own line and counted.
 """
 
