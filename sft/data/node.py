@@ -28,7 +28,8 @@ def once_per_node(prepare):
     state = PartialState()
     name = [scratch_name() if state.is_main_process else None]
     broadcast_object_list(name)  # one folder name for the run, the same on every node
-    folder = scratch_root() / f"shared-{name[0]}"
+    # the cache may be on a file system every node sees: one folder per node, named by its local main's rank
+    folder = scratch_root() / f"shared-{name[0]}-{state.process_index - state.local_process_index}"
     data = error = None
     with state.local_main_process_first():
         try:
