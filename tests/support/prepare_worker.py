@@ -22,7 +22,8 @@ def main(recipe_path: str, out_dir: str) -> None:
     started = time.process_time()
     data = prepare_data(recipe, tokenizer)
     seconds = time.process_time() - started
-    digest = hashlib.sha256(json.dumps([list(data.train["input_ids"]), list(data.train["labels"])]).encode()).hexdigest()
+    tokens = [list(data.train["input_ids"]), list(data.train["labels"])]
+    digest = hashlib.sha256(json.dumps(tokens).encode()).hexdigest()
     rank = int(os.environ.get("RANK", "0"))
     record = {"rank": rank, "cpu_seconds": seconds, "examples": len(data.train), "tokens_sha256": digest}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
