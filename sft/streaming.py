@@ -5,7 +5,8 @@ than the time one would spend preparing it) trains without a pass over all of it
 The rows go through the same functions as the non-streaming path (sft.data.formats.normalise,
 sft.masks.encode_batch), inside `IterableDataset.map`. Before anything is written, the first HEAD_ROWS rows are
 checked as `sft check` checks a whole dataset (formats, template, masks, bad rows); the rest is checked as it is
-met: a bad row stops the run with the same one line as without streaming, or with skip_bad_rows is reported on its own line and counted.
+met: a bad row stops the run with the same one line as without streaming, or with skip_bad_rows is reported on its
+own line and counted.
 """
 
 import itertools
@@ -200,8 +201,8 @@ class StreamCounts:
 class RowMasker:
     """The `IterableDataset.map` function of a streamed run: a batch of raw rows normalised
     (sft.data.formats.normalise), rendered, tokenized and masked (sft.masks.encode_batch); only examples with
-    trained tokens leave it. A bad row stops the run with the non-streaming path's one line, or, with skip_bad_rows, is reported on a line of its
-    own and counted."""
+    trained tokens leave it. A bad row stops the run with the non-streaming path's one line, or, with
+    skip_bad_rows, is reported on a line of its own and counted."""
 
     def __init__(self, formats: list[str], recipe, tokenizer, plan, loss_mode):
         self.formats = formats
