@@ -19,7 +19,8 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     from sft.train.checkpoints import save_final
     from sft.hub import take_push_request
     from sft.console import QuietChecks, say
-    from sft.masks import end_of_turn_token, generation_stop_tokens
+    from sft.masks.plan import generation_stop_tokens
+    from sft.masks.spans import end_of_turn_token
     from sft.launch.profiles import check_running
     from sft.recipe import load_recipe, write_resolved
     from sft.validate import storage_errors_named
@@ -73,7 +74,7 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     }
     say(f"done: {summary['steps']} steps, train loss {summary['train_loss']:.4f}, {summary['tokens_seen']:,} tokens "
         f"seen, {summary['seconds']:.1f} s; model saved to {output_dir}")
-    from sft.streaming import StreamingData
+    from sft.data.streaming import StreamingData
 
     if isinstance(data, StreamingData):  # what a streamed dataset held is known only now
         summary["bad_rows_skipped"] = data.counts.bad

@@ -108,7 +108,8 @@ def perplexity(model, tokenizer, rows: list[dict], loss_mode: str | None = None,
     import torch
     from datasets import Dataset
 
-    from sft.masks import IGNORE, tokenize_dataset
+    from sft.masks.plan import IGNORE
+    from sft.masks.tokenize import tokenize_dataset
 
     # loss_mode None: each example's default, as in training (assistant turns, completions, or all of a text).
     encoded, _ = tokenize_dataset(Dataset.from_list(rows), tokenizer, loss_mode, max_length=max_length,

@@ -29,7 +29,7 @@ def sft_info() -> dict[str, str]:
     from pathlib import Path
 
     import sft
-    from sft.masks import cache_root
+    from sft.masks.cache import cache_root
     from sft.launch.profiles import ACCELERATE_CONFIGS
 
     info = {

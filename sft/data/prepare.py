@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sft.data.formats import default_loss_mode
 from sft.data.mixture import recipe_sources
 from sft.data.rows import BadRow, SourceRows, read_source, read_sources
+from sft.data.prepared import PreparedData
 from sft.data.split import Split, decoded, examples_only, mix, split_eval, without
 from sft.data.sources import local_data_files
 from sft.errors import UserError
@@ -28,37 +29,6 @@ def resolve_loss_mode(recipe, notes: list) -> str | None:
         mode = recipe.sft.loss_mode = "all"
         notes.append("completion_only_loss: false is read as loss_mode: all")
     return mode
-
-
-@dataclass
-class PreparedData:
-    """What the trainer receives (train/eval: input_ids and labels), and what `sft check` reports."""
-
-    train: object
-    eval: object
-    stats: dict
-    problems: list
-    notes: list
-    train_full: object = None  # with per-example columns (where, length, trained, ...) for preview and check
-    eval_examples: object = None  # the eval split before tokenizing (JSON examples)
-
-    @property
-    def eval_rows(self):
-        """The eval split as normalised rows (dicts), or None: what generation samples and metrics read."""
-        if self.eval_examples is None or len(self.eval_examples) == 0:
-            return None
-        return decoded(self.eval_examples)
-
-    def summary(self) -> str:
-        s = self.stats
-        share = s["trained_tokens"] / max(s["tokens"], 1)
-        formats = ", ".join(sorted({src["format"] for src in s["sources"]}))
-        eval_part = f"; eval split {s['eval_examples']} examples" if s.get("eval_examples") else ""
-        dupes = f", {s['duplicates_removed']} exact duplicates removed" if s.get("duplicates_removed") else ""
-        return (f"data: {s['kept']} examples ({formats}, loss on {s['loss_mode']}), {s['tokens']:,} tokens, "
-                f"{share:.0%} trained; {s['dropped_truncated']} dropped (all trained tokens past max_length), "
-                f"{s['truncated']} truncated, {s['skipped_bad']} bad rows skipped{dupes}{eval_part}; tokenized data "
-                + {"hit": "reused from the cache", "miss": "cached", "off": "not cached"}[s["cache"]])
 
 
 def recipe_tokenizer(recipe):
@@ -119,7 +89,7 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     strict: raise the first problem as a UserError (training); otherwise return the problems (sft check).
     limit: only the first `limit` training examples are tokenized, and nothing is cached (sft preview)."""
     from sft.data.node import once_per_node
-    from sft.streaming import prepare_streaming, wants_streaming
+    from sft.data.streaming import prepare_streaming, wants_streaming
 
     if wants_streaming(recipe):  # read, checked and masked as training reads it (on every rank)
         return prepare_streaming(recipe, tokenizer, limit=limit, strict=strict)

@@ -240,7 +240,8 @@ def training_callbacks(recipe, tokenizer, eval_rows=None) -> list:
     if recipe.sft.sample_every_n_steps:
         from transformers import GenerationConfig
 
-        from sft.masks import end_of_turn_token, generation_stop_tokens
+        from sft.masks.plan import generation_stop_tokens
+        from sft.masks.spans import end_of_turn_token
 
         prompts, texts = sample_prompts(recipe, tokenizer, eval_rows)
         # stop where the trained turn ends, as the saved model will

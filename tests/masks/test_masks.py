@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from sft.templates.chat import BUILTIN_TEMPLATES, set_template
 from sft.errors import UserError
-from sft.masks import IGNORE, encode_batch, plan_masks, tokenize_all, tokenize_dataset
+from sft.masks.plan import IGNORE, plan_masks
+from sft.masks.tokenize import encode_batch, tokenize_all, tokenize_dataset
 from tests.support.mask_definition import definition, mismatch, template_tokenizer
 
 END_TOKENS = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "</s>", "zephyr": "</s>",
@@ -259,7 +260,7 @@ def test_mask_fallbacks():
 
 
 def test_split_conversations_are_counted_in_one_note():
-    from sft.masks import split_note
+    from sft.masks.summary import split_note
     from sft.tiny import build_tokenizer
 
     tokenizer = build_tokenizer("char", chat_template=STRIPS_REASONING)

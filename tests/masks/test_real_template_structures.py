@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sft.templates.chat import BUILTIN_TEMPLATES, builtin_template
-from sft.masks import encode_batch, plan_masks
+from sft.masks.plan import plan_masks
+from sft.masks.tokenize import encode_batch
 from sft.masks.plan import with_text_arguments
 from tests.support.mask_definition import definition, mismatch, runs_of, template_tokenizer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sft.templates.chat import BUILTIN_TEMPLATES, resolve_template, set_template
-from sft.masks import end_of_turn_token
+from sft.masks.spans import end_of_turn_token
 from sft.errors import UserError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -48,7 +48,7 @@ def trained_pieces(tokenizer, row) -> list[str]:
 def encode(tokenizer, examples, loss_mode="assistant"):
     from datasets import Dataset
 
-    from sft.masks import tokenize_dataset
+    from sft.masks.tokenize import tokenize_dataset
 
     rows = Dataset.from_dict({"example": [json.dumps(e) for e in examples]})
     return tokenize_dataset(rows, tokenizer, loss_mode)[0]
