@@ -13,7 +13,6 @@ import dataclasses
 import json
 import random
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from sft.errors import UserError
@@ -50,27 +49,6 @@ class Source:
     weight: float | None = None  # alignment-handbook: share of this dataset that is kept
     format: str | None = None
     column_mapping: dict | None = None
-
-
-@lru_cache(maxsize=None)
-def source_config_class():
-    """TRL's DatasetConfig (one `datasets:` entry) with sft's per-source keys; the recipe loader builds entries
-    from it so that unknown keys fail there, named."""
-    from trl.scripts.utils import DatasetConfig
-
-    @dataclass
-    class SourceConfig(DatasetConfig):
-        format: str | None = field(default=None, metadata={"help": f"Force this source's format: {FORMATS}."})
-        column_mapping: dict | None = field(default=None, metadata={"help": "Rename this source's columns."})
-
-    return SourceConfig
-
-
-def extended_entry_type(tp):
-    """The class a recipe builds for a dataclass-typed entry: TRL's DatasetConfig gains sft's per-source keys."""
-    from trl.scripts.utils import DatasetConfig
-
-    return source_config_class() if tp is DatasetConfig else tp
 
 
 def local_data_files(name: str) -> list[Path] | None:
@@ -375,7 +353,7 @@ def default_loss_mode(fmt: str) -> str:
 
 
 def _closest(key: str, candidates) -> str:
-    from sft.recipe import closest
+    from sft.recipe.coercion import closest
 
     return closest(key, candidates, otherwise=f" (valid keys: {', '.join(candidates)})")
 
@@ -404,7 +382,7 @@ def check_source_values(source: Source, where: str) -> Source:
 def recipe_sources(recipe) -> tuple[list[Source], float | None, int, list[str]]:
     """(sources, test_split_size, seed, notes) from dataset_name, `datasets:` (TRL) or `dataset_mixture`
     (alignment-handbook)."""
-    from sft.recipe import resolve_path
+    from sft.recipe.coercion import resolve_path
 
     notes = []
     handbook, trl_entries = recipe.sft.dataset_mixture, list(recipe.mixture.datasets or [])
@@ -636,24 +614,6 @@ def decoded(dataset):
 # Everything the trainer receives
 
 
-def resolve_loss_mode(recipe, notes: list) -> str | None:
-    """The recipe's loss mode; None means each example's default (assistant for chat, completion for
-    instruction and prompt/completion, all for text). TRL's own switches are read as loss modes, because sft
-    hands the trainer finished labels."""
-    mode, training = recipe.sft.loss_mode, recipe.training
-    if training.assistant_only_loss:
-        if mode not in (None, "assistant"):
-            raise UserError(f"{recipe.source}: assistant_only_loss: true contradicts loss_mode: {mode}; keep one")
-        notes.append("assistant_only_loss: true is read as loss_mode: assistant (sft masks assistant turns for any "
-                     "template)")
-        mode = recipe.sft.loss_mode = "assistant"
-        training.assistant_only_loss = False
-    if training.completion_only_loss is False and mode is None:
-        mode = recipe.sft.loss_mode = "all"
-        notes.append("completion_only_loss: false is read as loss_mode: all")
-    return mode
-
-
 @dataclass
 class PreparedData:
     """What the trainer receives (train/eval: input_ids and labels), and what `sft check` reports."""
@@ -708,7 +668,7 @@ def prepare_data(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     if wants_streaming(recipe):  # read, checked and masked as training reads it
         return prepare_streaming(recipe, tokenizer, limit=limit, strict=strict)
     notes = []
-    loss_mode = resolve_loss_mode(recipe, notes)
+    loss_mode = recipe.sft.loss_mode  # TRL's loss switches were read as loss modes by sft/recipe/finalize.py
     if recipe.sft.mask_fallback not in FALLBACKS:
         raise UserError(f"{recipe.source}: mask_fallback must be one of {', '.join(FALLBACKS)}")
     sources, test_size, seed, source_notes = recipe_sources(recipe)
