@@ -123,6 +123,8 @@ def test_sft_push_uploads_a_run_dir_with_its_card(hub, published, tmp_path, tiny
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M" and front["datasets"] == ["trl-lib/Capybara"]
     metrics = {m["name"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"eval_loss": 1.25} and "| train_loss | 1.5 |" in card
+    # huggingface_hub's model-index names the data a result was measured on: the run's (first) Hub dataset
+    assert front["model-index"][0]["results"][0]["dataset"] == {"name": "trl-lib/Capybara", "type": "trl-lib/Capybara"}
     assert "pip install trl==1.16.0" in card and "sft train hf://tester/pushed-run/recipe.yaml" in card
 
     (run / "model.safetensors").unlink()
