@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.data import (LOCAL_BUILDERS, PreparedData, Source, default_loss_mode, detect_format, local_data_files,
-                      normalise, recipe_sources, resolve_loss_mode)
+                      normalise, recipe_sources)
 from sft.errors import UserError
 
 HEAD_ROWS = 1000  # rows checked up front (by `sft check`, and by `sft train` before it writes anything)
@@ -337,7 +337,7 @@ def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool 
     from sft.masks.tokenize import arrow_table
 
     notes = []
-    loss_mode = resolve_loss_mode(recipe, notes)
+    loss_mode = recipe.sft.loss_mode  # TRL's loss switches were read as loss modes by sft/recipe/finalize.py
     if recipe.sft.mask_fallback not in FALLBACKS:
         raise UserError(f"{recipe.source}: mask_fallback must be one of {', '.join(FALLBACKS)}")
     sources, test_size, seed, source_notes = recipe_sources(recipe)
