@@ -88,7 +88,7 @@ def digest_of(dataset) -> str:
 
 def sft_worker(model: Path, data: Path, num_proc: int, work: Path) -> dict:
     from sft.data.prepare import prepare_data, recipe_tokenizer
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     recipe_path = work / "recipe.yaml"
     recipe_path.write_text(json.dumps({"model_name_or_path": str(model), "dataset_name": str(data),

@@ -179,7 +179,7 @@ def bench(args, work: Path) -> None:
     from sft.launch.memory import GB
     from sft.launch.plan import make_plan
     from sft.launch.profiles import PROFILES
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     on_gpu = torch.cuda.is_available() and not args.cpu
     measure = on_gpu or args.cpu

@@ -51,7 +51,7 @@ def one_run(with_sft: bool, recipe_address: str, overrides: list[str], output_di
     from trl import SFTTrainer
 
     from sft.model import load_model, peft_config
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
     from sft.run import run_callbacks
     from sft.train.callbacks import trackers_last
 
@@ -76,7 +76,7 @@ def callbacks_cpu_per_step(with_sft: bool, recipe_address: str, overrides: list[
     from transformers import TrainerControl, TrainerState
     from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
     from sft.run import run_callbacks
 
     tokenizer, _, data = prepared
@@ -123,7 +123,7 @@ def main() -> None:
     from sft.templates.chat import apply_template
     from sft.data.prepare import prepare_data
     from sft.model import load_tokenizer
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,8 @@ machine without a GPU none of them can run, installed or not, so the run falls b
 batches) with one note each. With a GPU the user meant it: a missing package stops the run before anything loads,
 with one line saying what to install or change. A tracker that is not installed stops the run on any machine.
 
-`decide` is a pure function of the recipe's values and a `Machine`, so both branches are testable anywhere.
+`decide` is a pure function of the recipe's values and a `Machine`, so both branches are testable anywhere;
+sft/recipe/finalize.py applies the fallbacks (the one place a recipe is changed).
 """
 
 import importlib.util
@@ -111,12 +112,3 @@ def trackers(report_to) -> list[str]:
     """The trackers named (not `all`, which means those installed, nor `none`)."""
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     return [n for n in names if n not in ("all", "none")]
-
-
-def honour_requests(values: dict, machine: Machine | None = None) -> list[str]:
-    """Apply this machine's fallbacks to the recipe's values; one note each."""
-    notes = []
-    for fallback in decide(values, machine or this_machine()):
-        values[fallback.key] = fallback.value
-        notes.append(fallback.note)
-    return notes

@@ -17,13 +17,13 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     from sft.train.checkpoints import save_final
-    from sft.hub import take_push_request
     from sft.console import QuietChecks, say
     from sft.masks.plan import generation_stop_tokens
     from sft.masks.spans import end_of_turn_token
-    from sft.launch.profiles import check_running
-    from sft.recipe import load_recipe, write_resolved
-    from sft.validate import storage_errors_named
+    from sft.recipe.finalize import finalize_run
+    from sft.recipe.load import load_recipe
+    from sft.recipe.resolved import write_resolved
+    from sft.storage import storage_errors_named
 
     # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
     recipe = load_recipe(recipe_address, overrides)
@@ -34,8 +34,8 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
         from sft.launch.launcher import launch
 
         raise SystemExit(launch(recipe_address, overrides))
-    recipe.notes += check_running(recipe)
-    push = take_push_request(recipe)  # push_to_hub: pushed once at the end, with a model card
+    # The one place a recipe changes for this process (launch fixes, push request), before anything is written.
+    push = finalize_run(recipe)  # push_to_hub: pushed once at the end, with a model card
 
     # 2.-5. Tokenizer, data, model and trainer, every input checked; output_dir locked for this run.
     with QuietChecks():  # no progress bars before a bad input's one line (unless on a terminal)
@@ -82,7 +82,7 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     trainer.accelerator.wait_for_everyone()  # no rank takes the process group down while another still saves
     trainer.end()
     if push and trainer.accelerator.is_main_process:
-        from sft.hub import push_run
+        from sft.hub.publish import push_run
 
         say(push_run(output_dir, **push))
     return summary
@@ -99,7 +99,7 @@ def checked_trainer(recipe):
     from sft.data.prepare import prepare_data
     from sft.train.locking import lock_output_dir_on_all_ranks
     from sft.model import check_model_source, load_model, load_tokenizer, peft_config
-    from sft.validate import check_lora_targets
+    from sft.recipe.checks import check_lora_targets
 
     # 2. Tokenizer and chat template.
     check_model_source(recipe)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         sys.exit(0 if argv else 2)
-    from sft.recipe_args import split_command_line
+    from sft.recipe.command_line import split_command_line
 
     address, overrides = exit_on_user_error(split_command_line, argv)
     summary = exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])

@@ -275,8 +275,8 @@ def run_configuration(recipe_path: str, warmup: int, seconds: float) -> dict:
     from transformers import TrainerCallback
 
     from sft.errors import UserError
-    from sft.launch.profiles import check_running
-    from sft.recipe import load_recipe
+    from sft.recipe.finalize import finalize_run
+    from sft.recipe.load import load_recipe
     from sft.run import checked_trainer
 
     cuda = torch.cuda.is_available()
@@ -302,7 +302,7 @@ def run_configuration(recipe_path: str, warmup: int, seconds: float) -> dict:
     recipe = load_recipe(recipe_path)
     refused = None
     try:
-        recipe.notes += check_running(recipe)
+        finalize_run(recipe)  # as `sft train`: the launch's fixes (and a push request, none here)
     except UserError as err:  # what `sft train` would stop at; the same functions measure it anyway
         refused = str(err).split(": ", 1)[-1]
     if cuda:
@@ -496,7 +496,7 @@ def main() -> None:
 
     from sft.launch.memory import count_parameters
     from sft.launch.plan import make_plan
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     model_config = AutoConfig.from_pretrained(model)
     width = model_config.num_attention_heads * (model_config.head_dim or

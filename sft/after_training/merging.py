@@ -153,6 +153,6 @@ def quantize_4bit(folder: Path, dtype: str | None, trust: bool):
 def push(folder: str, repo: str, private: bool = False) -> str:
     """Publish the merged model the way `sft push` publishes a run (sft.hub: model card from the copied
     recipe.yaml, token never written, one-line errors). Returns its one-line report."""
-    from sft.hub import push_run
+    from sft.hub.publish import push_run
 
     return push_run(folder, repo, private=private)

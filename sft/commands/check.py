@@ -13,8 +13,8 @@ def command(args):
     to `sft train`: RECIPE or --config RECIPE, or keys alone, then --key value overrides."""
     from sft.data.prepare import prepare_data, recipe_tokenizer
     from sft.errors import EXIT_BAD_INPUT
-    from sft.recipe import load_recipe
-    from sft.recipe_args import split_command_line
+    from sft.recipe.command_line import split_command_line
+    from sft.recipe.load import load_recipe
 
     loaded = load_recipe(*split_command_line(args))
     tokenizer = recipe_tokenizer(loaded)

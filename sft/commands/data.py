@@ -12,7 +12,7 @@ def tokenizer_for(tokenizer_name, recipe):
     if recipe:
         from sft.templates.chat import apply_template
         from sft.model import load_tokenizer
-        from sft.recipe import load_recipe
+        from sft.recipe.load import load_recipe
 
         loaded = load_recipe(recipe, adapt_to_hardware=False)
         tokenizer = load_tokenizer(loaded)

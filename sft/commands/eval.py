@@ -125,7 +125,7 @@ def recipe_eval_rows(recipe_address, folder):
     """The eval split of a recipe (or of the run's own resolved recipe), as normalised rows."""
     from sft.data.prepare import load_recipe_data
     from sft.errors import UserError
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     address = recipe_address or str(folder / "recipe.yaml" if (folder / "recipe.yaml").is_file()
                                     else folder.parent / "recipe.yaml")

@@ -24,6 +24,6 @@ def command(args, profile, num_processes, dry_run):
     import sys
 
     from sft.launch.launcher import launch
-    from sft.recipe_args import split_command_line
+    from sft.recipe.command_line import split_command_line
 
     sys.exit(launch(*split_command_line(args), profile, num_processes, dry_run))

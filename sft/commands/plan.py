@@ -24,7 +24,7 @@ def command(recipe, overrides, gpus, gpu_memory, nodes, model_config, as_json):
     import json
 
     from sft.launch.plan import make_plan, render
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     loaded = load_recipe(recipe, overrides)
     plan = make_plan(loaded, gpus, gpu_memory, nodes, model_config, recipe_address=recipe)

@@ -25,8 +25,8 @@ def command(args, count, as_json):
     import json
 
     from sft.data.prepare import prepare_data, recipe_tokenizer
-    from sft.recipe import load_recipe
-    from sft.recipe_args import split_command_line
+    from sft.recipe.command_line import split_command_line
+    from sft.recipe.load import load_recipe
 
     loaded = load_recipe(*split_command_line(args))
     tokenizer = recipe_tokenizer(loaded)

@@ -15,7 +15,7 @@ import click
 def command(recipe, repo, with_data, path_in_repo, revision, repo_type, private):
     """Publish RECIPE to the Hub repo REPO (OWNER/NAME), so that `sft train hf://REPO/RECIPE` reproduces it
     elsewhere. The token comes from HF_TOKEN or `hf auth login`; tokens in the recipe are never uploaded."""
-    from sft.hub import publish_recipe
+    from sft.hub.publish import publish_recipe
 
     address, notes = publish_recipe(recipe, repo, with_data=with_data, path_in_repo=path_in_repo,
                                     revision=revision, private=private, repo_type=repo_type)

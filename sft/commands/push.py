@@ -12,6 +12,6 @@ def command(run_dir, repo, revision, private):
     """Push RUN_DIR (an `sft train` output_dir) to the Hub repo REPO: weights or adapter, tokenizer, chat
     template, the resolved recipe and a model card (datasets, eval metrics, package versions, the command that
     reproduces the run). Checkpoints, optimizer states and training_args.bin stay local."""
-    from sft.hub import push_run
+    from sft.hub.publish import push_run
 
     click.echo(push_run(run_dir, repo, private=private, revision=revision))

@@ -4,7 +4,7 @@ import dataclasses
 
 import click
 
-from sft.recipe import SftArguments
+from sft.recipe.fields import SftArguments
 
 OWN_KEYS = "\n".join(f"  {f.name}: {f.metadata.get('help', '')}" for f in dataclasses.fields(SftArguments)
                      if f.name != "provenance")
@@ -13,7 +13,7 @@ OWN_KEYS = "\n".join(f"  {f.name}: {f.metadata.get('help', '')}" for f in datacl
 def print_every_key(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from sft.recipe_help import every_key_text  # imports TRL: only when asked
+    from sft.recipe.help import every_key_text  # imports TRL: only when asked
 
     click.echo(every_key_text())
     ctx.exit(0)

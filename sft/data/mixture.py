@@ -14,7 +14,7 @@ HANDBOOK_ENTRY_KEYS = ("id", "config", "split", "columns", "weight", "format", "
 
 
 def _closest(key: str, candidates) -> str:
-    from sft.recipe import closest
+    from sft.recipe.coercion import closest
 
     return closest(key, candidates, otherwise=f" (valid keys: {', '.join(candidates)})")
 
@@ -43,7 +43,7 @@ def check_source_values(source: Source, where: str) -> Source:
 def recipe_sources(recipe) -> tuple[list[Source], float | None, int, list[str]]:
     """(sources, test_split_size, seed, notes) from dataset_name, `datasets:` (TRL) or `dataset_mixture`
     (alignment-handbook)."""
-    from sft.recipe import resolve_path
+    from sft.recipe.coercion import resolve_path
 
     notes = []
     handbook, trl_entries = recipe.sft.dataset_mixture, list(recipe.mixture.datasets or [])

@@ -76,7 +76,7 @@ def save(data, folder: Path) -> None:
 def load(folder: Path):
     from datasets import load_from_disk
 
-    from sft.data.prepare import PreparedData
+    from sft.data.prepared import PreparedData
 
     if (folder / "error.json").is_file():
         raise UserError(json.loads((folder / "error.json").read_text())["error"])

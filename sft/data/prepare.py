@@ -13,24 +13,6 @@ from sft.data.sources import local_data_files
 from sft.errors import UserError
 
 
-def resolve_loss_mode(recipe, notes: list) -> str | None:
-    """The recipe's loss mode; None means each example's default (assistant for chat, completion for
-    instruction and prompt/completion, all for text). TRL's own switches are read as loss modes, because sft
-    hands the trainer finished labels."""
-    mode, training = recipe.sft.loss_mode, recipe.training
-    if training.assistant_only_loss:
-        if mode not in (None, "assistant"):
-            raise UserError(f"{recipe.source}: assistant_only_loss: true contradicts loss_mode: {mode}; keep one")
-        notes.append("assistant_only_loss: true is read as loss_mode: assistant (sft masks assistant turns for any "
-                     "template)")
-        mode = recipe.sft.loss_mode = "assistant"
-        training.assistant_only_loss = False
-    if training.completion_only_loss is False and mode is None:
-        mode = recipe.sft.loss_mode = "all"
-        notes.append("completion_only_loss: false is read as loss_mode: all")
-    return mode
-
-
 def recipe_tokenizer(recipe):
     """The run's tokenizer with the recipe's chat template set, as `sft train` loads it (no model is loaded)."""
     from sft.templates.chat import apply_template
@@ -106,7 +88,7 @@ def prepare_here(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     from sft.masks.tokenize import tokenize_all
 
     notes = []
-    loss_mode = resolve_loss_mode(recipe, notes)
+    loss_mode = recipe.sft.loss_mode  # TRL's loss switches were read as loss modes by sft/recipe/finalize.py
     if recipe.sft.mask_fallback not in FALLBACKS:
         raise UserError(f"{recipe.source}: mask_fallback must be one of {', '.join(FALLBACKS)}")
     data = read_mix_split(recipe)

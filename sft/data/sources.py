@@ -2,11 +2,9 @@
 where each row came from (file and line for JSON Lines, row number otherwise) computed from its position."""
 
 import json
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 
-from sft.data.formats import FORMATS
 from sft.errors import UserError
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -27,27 +25,6 @@ class Source:
     weight: float | None = None  # alignment-handbook: share of this dataset that is kept
     format: str | None = None
     column_mapping: dict | None = None
-
-
-@lru_cache(maxsize=None)
-def source_config_class():
-    """TRL's DatasetConfig (one `datasets:` entry) with sft's per-source keys; the recipe loader builds entries
-    from it so that unknown keys fail there, named."""
-    from trl.scripts.utils import DatasetConfig
-
-    @dataclass
-    class SourceConfig(DatasetConfig):
-        format: str | None = field(default=None, metadata={"help": f"Force this source's format: {FORMATS}."})
-        column_mapping: dict | None = field(default=None, metadata={"help": "Rename this source's columns."})
-
-    return SourceConfig
-
-
-def extended_entry_type(tp):
-    """The class a recipe builds for a dataclass-typed entry: TRL's DatasetConfig gains sft's per-source keys."""
-    from trl.scripts.utils import DatasetConfig
-
-    return source_config_class() if tp is DatasetConfig else tp
 
 
 def local_data_files(name: str) -> list[Path] | None:

@@ -195,9 +195,7 @@ def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool 
     from sft.masks.tokenize import COLUMNS, Tokenized, arrow_table
 
     notes = []
-    from sft.data.prepare import resolve_loss_mode  # until the recipe's finalize step owns it
-
-    loss_mode = resolve_loss_mode(recipe, notes)
+    loss_mode = recipe.sft.loss_mode  # TRL's loss switches were read as loss modes by sft/recipe/finalize.py
     if recipe.sft.mask_fallback not in FALLBACKS:
         raise UserError(f"{recipe.source}: mask_fallback must be one of {', '.join(FALLBACKS)}")
     sources, test_size, seed, source_notes = recipe_sources(recipe)

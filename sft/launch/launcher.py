@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from sft.errors import UserError
-from sft.launch.profiles import PROFILES, RUN_SCRIPT, applicable, check_combination, profile_named
+from sft.launch.profiles import PROFILES, RUN_SCRIPT, applicable, combination_fixes, profile_named
 
 
 def detect(num_processes: int | None) -> tuple[bool, int, float]:
@@ -55,16 +55,17 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
            dry_run: bool = False) -> int:
     """Options given here win over the recipe's `accelerate_config` and `num_processes` keys (TRL's CLI keys)."""
     from sft.console import say
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     recipe = load_recipe(recipe_address, overrides)
     asked_by = "--profile" if profile else "accelerate_config"
     profile = profile or recipe.sft.accelerate_config or "auto"
     on_gpu, processes, memory_gb = detect(num_processes or recipe.sft.num_processes)
     name, why = choose(recipe, recipe_address or "...", profile, on_gpu, processes, memory_gb, asked_by)
-    # The run repeats these checks and fixes in every process; here they refuse before anything starts.
+    # Every process of the run fits the recipe to the launch (sft/recipe/finalize.py); here only the refusals,
+    # before anything starts.
     chosen = PROFILES[name]
-    check_combination(recipe, chosen.zero_stage, processes, on_gpu, chosen.read_deepspeed_config(), chosen.fsdp)
+    combination_fixes(recipe, chosen.zero_stage, processes, on_gpu, chosen.read_deepspeed_config(), chosen.fsdp)
     cmd = accelerate_command(name, processes, recipe_address, overrides)
     say(f"profile {name} ({why}), {processes} {'GPU' if on_gpu else 'CPU'} process{'es' * (processes > 1)}")
     say("accelerate launch " + shlex.join(cmd[3:]))

@@ -153,12 +153,21 @@ def optimizer_notes(recipe, deepspeed_config: dict | None) -> list[str]:
     return [f"optimizer: the recipe's optim {optim}, stepping on the CPU copy of the weights (optimizer offload)"]
 
 
-def check_combination(recipe, zero_stage: int | None, world_size: int, on_gpu: bool,
-                      deepspeed_config: dict | None = None, fsdp: bool = False) -> list[str]:
-    """Refuse (UserError saying what to change) or fix in place (one note each) what cannot work together.
+@dataclass(frozen=True)
+class Fix:
+    """One value a launch needs changed; sft/recipe/finalize.py applies it (the one place a recipe is changed)."""
 
-    Fixes are applied only where there is one right answer; the notes say what was changed."""
+    section: str  # "model" or "training"
+    key: str
+    value: object
+
+
+def combination_fixes(recipe, zero_stage: int | None, world_size: int, on_gpu: bool,
+                      deepspeed_config: dict | None = None, fsdp: bool = False) -> tuple[list[Fix], list[str]]:
+    """Refuse (UserError saying what to change) what cannot work together; (fixes, one note each) for what has one
+    right answer. Reads the recipe, changes nothing."""
     notes = optimizer_notes(recipe, deepspeed_config)
+    fixes = []
     model, training, where = recipe.model, recipe.training, recipe.source
     if fsdp and not on_gpu:
         # accelerate switches to FSDP only for GPU distributed types; on CPU it drops the plugin without a word and
@@ -174,7 +183,7 @@ def check_combination(recipe, zero_stage: int | None, world_size: int, on_gpu: b
     shards_weights, sharder = zero_stage == 3 or fsdp, "FSDP" if fsdp else "ZeRO-3"
     init_kwargs = training.model_init_kwargs or {}
     if shards_weights and init_kwargs.get("device_map") is not None:
-        init_kwargs.pop("device_map")
+        fixes.append(Fix("training", "model_init_kwargs", {k: v for k, v in init_kwargs.items() if k != "device_map"}))
         notes.append(f"{where}: model_init_kwargs.device_map removed: under {sharder} every shard is placed by the "
                      "sharding itself (a device_map breaks QLoRA + ZeRO-3, alignment-handbook#42)")
     if shards_weights and model.load_in_4bit:
@@ -182,7 +191,7 @@ def check_combination(recipe, zero_stage: int | None, world_size: int, on_gpu: b
         if model.bnb_4bit_quant_storage not in (None, wanted):
             notes.append(f"{where}: bnb_4bit_quant_storage {model.bnb_4bit_quant_storage} -> {wanted}: {sharder} "
                          "shards the 4-bit storage with the other weights, so it must equal the compute dtype")
-        model.bnb_4bit_quant_storage = wanted
+        fixes.append(Fix("model", "bnb_4bit_quant_storage", wanted))
     if zero_stage == 3 and model.use_peft and training.gradient_checkpointing:
         kwargs = dict(training.gradient_checkpointing_kwargs or {})
         if kwargs.get("use_reentrant") is not True:
@@ -190,41 +199,43 @@ def check_combination(recipe, zero_stage: int | None, world_size: int, on_gpu: b
                 notes.append(f"{where}: gradient_checkpointing_kwargs.use_reentrant false -> true: PEFT + ZeRO-3 "
                              "with non-reentrant checkpointing raises CheckpointError (trl#2514)")
             kwargs["use_reentrant"] = True
-            training.gradient_checkpointing_kwargs = training.activation_checkpointing_kwargs = kwargs
+            fixes += [Fix("training", "gradient_checkpointing_kwargs", kwargs),
+                      Fix("training", "activation_checkpointing_kwargs", kwargs)]
     if on_gpu and training.packing and not is_padding_free(model.attn_implementation):
         raise UserError(f"{where}: packing: true needs a padding-free attention implementation on GPU, got "
                         f"attn_implementation {model.attn_implementation!r}; set attn_implementation: "
                         "flash_attention_2 (or kernels-community/flash-attn), or packing: false")
-    notes += check_global_batch(recipe, world_size)
-    return notes
+    steps, batch_notes = accumulation_for_global_batch(recipe, world_size)
+    if steps is not None:
+        fixes.append(Fix("training", "gradient_accumulation_steps", steps))
+    return fixes, notes + batch_notes
 
 
-def check_global_batch(recipe, world_size: int) -> list[str]:
-    """`global_batch_size` is examples per optimizer step over all processes; accumulation follows from it."""
+def accumulation_for_global_batch(recipe, world_size: int) -> tuple[int | None, list[str]]:
+    """`global_batch_size` is examples per optimizer step over all processes; accumulation follows from it.
+    Returns (gradient_accumulation_steps where it changes, else None; the note)."""
     wanted = recipe.sft.global_batch_size
     if not wanted:
-        return []
-    per_step = recipe.training.per_device_train_batch_size * world_size
+        return None, []
+    per_device = recipe.training.per_device_train_batch_size
+    per_step = per_device * world_size
     if wanted % per_step:
         raise UserError(
             f"{recipe.source}: global_batch_size {wanted} is not divisible by per_device_train_batch_size "
-            f"{recipe.training.per_device_train_batch_size} x {world_size} processes = {per_step}; change "
+            f"{per_device} x {world_size} processes = {per_step}; change "
             "global_batch_size, per_device_train_batch_size or the number of processes")
     steps = wanted // per_step
     if steps == recipe.training.gradient_accumulation_steps:
-        return []
-    import dataclasses
-
-    # A copy re-runs TrainingArguments' post-init, which fills DeepSpeed's "auto" batch sizes from the new value.
-    recipe.training = dataclasses.replace(recipe.training, gradient_accumulation_steps=steps)
-    return [(f"global_batch_size {wanted} = {recipe.training.per_device_train_batch_size} per device x "
-             f"{world_size} processes x gradient_accumulation_steps {steps}")]
+        return None, []
+    return steps, [f"global_batch_size {wanted} = {per_device} per device x {world_size} processes x "
+                   f"gradient_accumulation_steps {steps}"]
 
 
-def check_running(recipe) -> list[str]:
-    """The checks for the process this is, under whatever accelerate launched it with."""
+def running_launch(training) -> tuple[int | None, int, bool, dict | None, bool]:
+    """(zero stage, world size, on GPU, DeepSpeed config, FSDP) of this process, under whatever accelerate launched
+    it with: what sft/recipe/finalize.py fits the recipe to at the start of a run."""
     from sft.train.hardware import has_gpu, world_size
 
-    deepspeed_config = running_deepspeed_config(recipe.training)
+    deepspeed_config = running_deepspeed_config(training)
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-    return check_combination(recipe, zero_stage_of(deepspeed_config), world_size(), has_gpu(), deepspeed_config, fsdp)
+    return zero_stage_of(deepspeed_config), world_size(), has_gpu(), deepspeed_config, fsdp

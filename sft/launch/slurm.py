@@ -250,7 +250,7 @@ def check_fit(job: SlurmJob, profile: str | None, gpu_memory: float | None, mode
     The recipe is read and validated here (bad keys fail now, not hours later on the cluster). A profile that
     cannot run the recipe's method at this world size is refused; with --gpu-memory the planner (sft/launch/plan.py)
     also refuses one whose estimate does not fit, and `--profile auto` takes its recommendation."""
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     recipe = load_recipe(job.recipe, job.overrides)
     if not job.gpus_per_node:

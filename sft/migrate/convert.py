@@ -135,7 +135,8 @@ def zero_profile(config, base_dir: Path, method: str | None) -> str | None:
 
 def migrate(address: str) -> Migration:
     """Read a foreign config and map every key; raise UserError for a file that is not one."""
-    from sft.recipe import known_fields, locate, read_yaml_with_lines
+    from sft.recipe.fields import known_fields
+    from sft.recipe.reading import locate, read_yaml_with_lines
 
     config_file = locate(address)
     data, _ = read_yaml_with_lines(config_file)
@@ -173,7 +174,7 @@ def check_values(migration: Migration) -> None:
     """Every mapped value through the recipe loader's own key and type checks (which hold fields typed `Enum | str`,
     such as optim and lr_scheduler_type, to the enum's values). One that fails is moved to the unmapped keys with
     the reason, so the written recipe loads."""
-    from sft.recipe import check_keys
+    from sft.recipe.coercion import check_keys
 
     for key in list(migration.recipe):
         try:

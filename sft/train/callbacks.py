@@ -213,16 +213,11 @@ def sample_prompts(recipe, tokenizer, eval_rows) -> tuple[list[str], list[str]]:
 
 
 def check_early_stopping(recipe) -> None:
-    """early_stopping_patience needs evaluations and a metric; fill the metric's direction for perplexity."""
+    """early_stopping_patience needs evaluations (its metric is filled by sft/recipe/finalize.py)."""
     args = recipe.training
     if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "no":
         raise UserError(f"{recipe.source}: early_stopping_patience needs evaluations: set eval_strategy (steps or "
                         "epoch) and give the run an eval split")
-    if args.metric_for_best_model is None:
-        args.metric_for_best_model = "eval_loss"
-        args.greater_is_better = False
-    if "perplexity" in args.metric_for_best_model and "greater_is_better" not in recipe.explicit:
-        args.greater_is_better = False  # transformers assumes "higher is better" for names not ending in "loss"
 
 
 def training_callbacks(recipe, tokenizer, eval_rows=None) -> list:

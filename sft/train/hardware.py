@@ -14,16 +14,18 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def adapt_training_values(values: dict) -> list[str]:
-    """Fill precision and backend for this machine. Returns one note per decision the user should know about."""
-    notes = []
+def hardware_choices(values: dict) -> tuple[dict, list[str]]:
+    """Precision and backend for this machine: (recipe values to set, one note per decision the user should know
+    about). The recipe is changed by sft/recipe/finalize.py alone; an accelerate config's mixed precision, read
+    from the environment, is turned off here on CPU."""
+    changes, notes = {}, []
     if not has_gpu():
         wanted = [k for k in ("bf16", "fp16") if values.get(k)]
-        values["bf16"] = values["fp16"] = False
+        changes["bf16"] = changes["fp16"] = False
         if values.get("dtype", "float32") not in ("float32", "float"):
             # Pure 16-bit weights on CPU: slow kernels and updates lost to rounding, with no fp32 master copy.
             wanted.append(f"dtype {values['dtype']}")
-            values["dtype"] = "float32"
+            changes["dtype"] = "float32"
         extra = f" ({' and '.join(wanted)} from the recipe turned off)" if wanted else ""
         launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         if launcher != "no":
@@ -32,21 +34,22 @@ def adapt_training_values(values: dict) -> list[str]:
             extra += f" (mixed_precision {launcher} from the accelerate config turned off)"
         if world_size() > 1:
             # Without gloo, accelerate picks no backend on a CPU box and every process trains alone.
-            values.setdefault("ddp_backend", "gloo")
-            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true"):
+            if "ddp_backend" not in values:
+                changes["ddp_backend"] = "gloo"
+            if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("1", "true") and "use_cpu" not in values:
                 # DDP: without use_cpu accelerate finds no device, skips DDP, and each process trains alone.
-                values.setdefault("use_cpu", True)
+                changes["use_cpu"] = True
             extra += f", {world_size()} processes over gloo"
         notes.append(f"no GPU found: training on CPU in float32{extra}")
-        if values.get("load_in_4bit") or values.get("load_in_8bit"):
-            values.setdefault("bnb_4bit_quant_storage", "float32")
+        if (values.get("load_in_4bit") or values.get("load_in_8bit")) and "bnb_4bit_quant_storage" not in values:
+            changes["bnb_4bit_quant_storage"] = "float32"
     else:
         import torch
 
         if "bf16" not in values and "fp16" not in values:
-            values["bf16"] = torch.cuda.is_bf16_supported()
-            values["fp16"] = not values["bf16"]
-    return notes
+            changes["bf16"] = torch.cuda.is_bf16_supported()
+            changes["fp16"] = not changes["bf16"]
+    return changes, notes
 
 
 def world_size() -> int:

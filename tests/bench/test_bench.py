@@ -32,7 +32,7 @@ def test_cpu_bench_reports_the_runs_tokens_mfu_memory_and_the_plan(method, profi
     from safetensors.torch import load_file
 
     from sft.launch.plan import make_plan
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     work, report = tmp_path / "work", tmp_path / "bench.json"
     config = ["--model-config", tiny_model / "config.json"] if given_config else []
@@ -137,7 +137,7 @@ def test_gpu_check_dry_run_trains_every_configuration_with_method_aware_mfu_and_
     from safetensors.torch import load_file
 
     from sft.launch.plan import make_plan
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     report, work = tmp_path / "check.json", tmp_path / "work"
     proc = gpu_check("--dry-run", "--peak-tflops", PEAK_TFLOPS, "--json", report, "--work", work)

@@ -193,7 +193,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, finished):
 
 def test_yaml_error_names_the_line_a_quote_opens_on(tmp_path):
     from sft.errors import UserError
-    from sft.recipe import RecipeFile, read_yaml_with_lines
+    from sft.recipe.reading import RecipeFile, read_yaml_with_lines
 
     path = tmp_path / "r.yaml"
     path.write_text('seed: 1\nrun_name: "first\nlearning_rate: 1.0e-4\n')
@@ -299,7 +299,7 @@ def test_disk_full_during_a_run_is_one_line_naming_the_folder(finished, tmp_path
 def test_read_only_disk_is_named():
     """The machine runs tests as root without a read-only mount to write to, so the translation is checked on the
     OSError the kernel gives for one (EROFS, with the path it names)."""
-    from sft.validate import storage_error
+    from sft.storage import storage_error
 
     err = OSError(errno.EROFS, os.strerror(errno.EROFS), "/data/run/checkpoint-4/model.safetensors")
     assert str(storage_error(err, "/data/run")) == (

@@ -10,8 +10,9 @@ import yaml
 
 from sft.capabilities import Fallback, Machine, decide
 from sft.errors import UserError
-from sft.recipe import load_recipe, resolve_path
-from sft.recipe_args import split_command_line
+from sft.recipe.coercion import resolve_path
+from sft.recipe.load import load_recipe
+from sft.recipe.command_line import split_command_line
 from tests.conftest import REPO, run_cli, write_recipe
 from tests.support.assertions import assert_one_line_error, assert_untouched
 
@@ -481,7 +482,7 @@ def test_a_tracker_that_is_not_installed_stops_before_anything_is_written(tmp_pa
 
 
 def test_help_all_lists_every_key_grouped_by_origin():
-    from sft.recipe import known_fields
+    from sft.recipe.fields import known_fields
 
     proc = run_cli("train", "--help-all")
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ import pytest
 
 from sft.data.prepare import prepare_data, recipe_tokenizer
 from sft.errors import UserError
-from sft.recipe import load_recipe
+from sft.recipe.load import load_recipe
 from tests.conftest import run_cli, write_recipe
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -202,8 +202,14 @@ def test_evaluation_without_eval_data_is_refused(tmp_path, tiny_model):
 
 def test_trl_assistant_only_loss_is_read_as_assistant_mode(tmp_path, tiny_model):
     write_jsonl(tmp_path / "a.jsonl", [CHAT])
-    data = prepared(tmp_path, tiny_model, dataset_name="a.jsonl", assistant_only_loss=True)
-    assert data.stats["loss_mode"] == "assistant" and "assistant_only_loss: true is read as" in data.notes[0]
+    recipe = load_recipe(str(write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_model),
+                                          dataset_name="a.jsonl", assistant_only_loss=True, data_cache=False,
+                                          output_dir=str(tmp_path / "out"))))
+    # read by sft/recipe/finalize.py as the recipe is loaded (the note is the recipe's, printed with its others)
+    assert recipe.sft.loss_mode == "assistant" and recipe.training.assistant_only_loss is False
+    assert any("assistant_only_loss: true is read as" in note for note in recipe.notes)
+    data = prepare_data(recipe, recipe_tokenizer(recipe))
+    assert data.stats["loss_mode"] == "assistant"
 
 
 # ---------------------------------------------------------------------------------------------------------------

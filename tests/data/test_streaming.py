@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sft.data.prepare import prepare_data, recipe_tokenizer
-from sft.recipe import load_recipe
+from sft.recipe.load import load_recipe
 from tests.conftest import run_cli, write_recipe
 
 

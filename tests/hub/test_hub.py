@@ -123,6 +123,8 @@ def test_sft_push_uploads_a_run_dir_with_its_card(hub, published, tmp_path, tiny
     assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M" and front["datasets"] == ["trl-lib/Capybara"]
     metrics = {m["name"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"eval_loss": 1.25} and "| train_loss | 1.5 |" in card
+    # huggingface_hub's model-index names the data a result was measured on: the run's (first) Hub dataset
+    assert front["model-index"][0]["results"][0]["dataset"] == {"name": "trl-lib/Capybara", "type": "trl-lib/Capybara"}
     assert "pip install trl==1.16.0" in card and "sft train hf://tester/pushed-run/recipe.yaml" in card
 
     (run / "model.safetensors").unlink()
@@ -133,7 +135,7 @@ def test_sft_push_uploads_a_run_dir_with_its_card(hub, published, tmp_path, tiny
 
 LOCATE = """
 import json, sys
-from sft.recipe import locate
+from sft.recipe.reading import locate
 found = locate(sys.argv[1])
 data = (found.base_dir / sys.argv[2]).read_text()
 print(json.dumps({"recipe": found.path.read_text(), "base_dir": str(found.base_dir), "rows": len(data.splitlines())}))
@@ -141,8 +143,8 @@ print(json.dumps({"recipe": found.path.read_text(), "base_dir": str(found.base_d
 
 
 def locate(address: str, data: str, env: dict) -> dict:
-    """sft.recipe.locate(), the entry of every command that takes a recipe, in a fresh process (the client reads
-    HF_ENDPOINT and HF_HUB_OFFLINE at import)."""
+    """sft.recipe.reading.locate(), the entry of every command that takes a recipe, in a fresh process (the client
+    reads HF_ENDPOINT and HF_HUB_OFFLINE at import)."""
     import subprocess
     import sys
 
@@ -208,7 +210,8 @@ def test_bad_hub_addresses_fail_with_one_line(hub, published, address, message, 
 
 def test_saved_recipe_holds_no_token(tmp_path, tiny_model):
     """hub_token and secret-looking env entries never reach output_dir/recipe.yaml."""
-    from sft.recipe import load_recipe, write_resolved
+    from sft.recipe.load import load_recipe
+    from sft.recipe.resolved import write_resolved
 
     (tmp_path / "train.jsonl").write_text(chat_rows(WORDS))
     recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name="train.jsonl",

@@ -86,7 +86,7 @@ def held_after_one_step(recipe) -> int:
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_model_states_within_1_percent_of_a_real_step(tiny_model, tmp_path, method):
     from sft.launch.plan import make_plan
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     lora = {"lora_r": 8} if method == "lora" else {}  # a LoRA key without a LoRA method is refused
     recipe = load_recipe(str(recipe_for(tmp_path, tiny_model, method=method, max_steps=1, **lora,
@@ -148,7 +148,7 @@ def test_plan_text_and_bad_input(tiny_model, tmp_path):
 
     from sft.errors import UserError
     from sft.launch.plan import make_plan
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     with pytest.raises(UserError, match="^--gpus and --nodes must be at least 1$"):
         make_plan(load_recipe(str(recipe)), gpus=0, gpu_memory_gb=24)
@@ -238,7 +238,7 @@ def test_tier_recipes_pass_check_and_plan_offline(offline_hub, tmp_path):
 ])
 def test_tier_recipes_plan(recipe, size, gpus, memory, recommended, also_fits, recommended_gb):
     from sft.launch.plan import make_plan
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     config = str(TIERS / "configs" / f"Llama-3.1-{size}" / "config.json")
     plan = make_plan(load_recipe(str(TIERS / f"{recipe}.yaml")), gpus, memory, model_config=config)

@@ -17,7 +17,7 @@ def recipe_file(tmp_path, tiny_model, **values):
 
 
 def load(tmp_path, tiny_model, **values):
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     return load_recipe(str(recipe_file(tmp_path, tiny_model, **values)))
 
@@ -80,97 +80,98 @@ def test_a_16_bit_recipe_trains_in_float32_on_cpu(tiny_model, tmp_path):
 
 
 def test_qlora_under_zero3_gets_quant_storage_equal_to_compute_dtype(tiny_model, tmp_path):
-    from sft.launch.profiles import check_combination
+    from sft.recipe.finalize import fit_to_launch
 
     recipe = load(tmp_path, tiny_model, method="qlora", bnb_4bit_quant_storage="uint8")
-    notes = check_combination(recipe, zero_stage=3, world_size=2, on_gpu=False)
+    notes = fit_to_launch(recipe, zero_stage=3, world_size=2, on_gpu=False)
     assert recipe.model.bnb_4bit_quant_storage == "float32"  # bf16 is off on CPU: float32 compute
     assert notes == [(f"{recipe.source}: bnb_4bit_quant_storage uint8 -> float32: ZeRO-3 shards the 4-bit storage "
                       "with the other weights, so it must equal the compute dtype")]
     untouched = load(tmp_path, tiny_model, method="qlora", bnb_4bit_quant_storage="uint8")
-    assert check_combination(untouched, zero_stage=2, world_size=2, on_gpu=False) == []
+    assert fit_to_launch(untouched, zero_stage=2, world_size=2, on_gpu=False) == []
     assert untouched.model.bnb_4bit_quant_storage == "uint8"
 
 
 def test_device_map_is_removed_under_zero3(tiny_model, tmp_path):
-    from sft.launch.profiles import check_combination
+    from sft.recipe.finalize import fit_to_launch
 
     recipe = load(tmp_path, tiny_model, model_init_kwargs={"device_map": "auto", "low_cpu_mem_usage": True})
-    notes = check_combination(recipe, zero_stage=3, world_size=2, on_gpu=False)
+    notes = fit_to_launch(recipe, zero_stage=3, world_size=2, on_gpu=False)
     assert recipe.training.model_init_kwargs == {"low_cpu_mem_usage": True}
     assert len(notes) == 1 and "model_init_kwargs.device_map removed" in notes[0]
 
 
 def test_8bit_base_under_zero3_is_refused(tiny_model, tmp_path):
     from sft.errors import UserError
-    from sft.launch.profiles import check_combination
+    from sft.recipe.finalize import fit_to_launch
 
     recipe = load(tmp_path, tiny_model, method="lora", load_in_8bit=True)
     with pytest.raises(UserError, match="load_in_8bit under ZeRO-3: DeepSpeed cannot shard an 8-bit base; use method: "
                                         "qlora"):
-        check_combination(recipe, zero_stage=3, world_size=2, on_gpu=False)
-    assert check_combination(recipe, zero_stage=2, world_size=2, on_gpu=False) == []
+        fit_to_launch(recipe, zero_stage=3, world_size=2, on_gpu=False)
+    assert fit_to_launch(recipe, zero_stage=2, world_size=2, on_gpu=False) == []
 
 
 def test_peft_zero3_checkpointing_is_made_reentrant(tiny_model, tmp_path):
-    from sft.launch.profiles import check_combination
+    from sft.recipe.finalize import fit_to_launch
 
     recipe = load(tmp_path, tiny_model, method="lora", gradient_checkpointing=True,
                   gradient_checkpointing_kwargs={"use_reentrant": False})
-    notes = check_combination(recipe, zero_stage=3, world_size=2, on_gpu=False)
+    notes = fit_to_launch(recipe, zero_stage=3, world_size=2, on_gpu=False)
     assert recipe.training.gradient_checkpointing_kwargs == {"use_reentrant": True}
     assert len(notes) == 1 and "trl#2514" in notes[0]
     full = load(tmp_path, tiny_model, method="full", gradient_checkpointing=True,
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    check_combination(full, zero_stage=3, world_size=2, on_gpu=False)
+    fit_to_launch(full, zero_stage=3, world_size=2, on_gpu=False)
     assert full.training.gradient_checkpointing_kwargs == {"use_reentrant": False}  # only PEFT needs it
 
 
 def test_packing_on_gpu_needs_padding_free_attention(tiny_model, tmp_path):
     from sft.errors import UserError
-    from sft.launch.profiles import check_combination
+    from sft.recipe.finalize import fit_to_launch
 
     recipe = load(tmp_path, tiny_model, packing=True, attn_implementation="sdpa")
     with pytest.raises(UserError, match="packing: true needs a padding-free attention implementation on GPU, got "
                                         "attn_implementation 'sdpa'; set attn_implementation: flash_attention_2"):
-        check_combination(recipe, zero_stage=None, world_size=1, on_gpu=True)
-    assert check_combination(recipe, zero_stage=None, world_size=1, on_gpu=False) == []
+        fit_to_launch(recipe, zero_stage=None, world_size=1, on_gpu=True)
+    assert fit_to_launch(recipe, zero_stage=None, world_size=1, on_gpu=False) == []
     recipe.model.attn_implementation = "flash_attention_2"
-    assert check_combination(recipe, zero_stage=None, world_size=1, on_gpu=True) == []
+    assert fit_to_launch(recipe, zero_stage=None, world_size=1, on_gpu=True) == []
 
 
 def test_offloaded_optimizer_is_the_recipes_and_gpu_only_ones_are_refused(tiny_model, tmp_path):
     from sft.errors import UserError
-    from sft.launch.profiles import PROFILES, check_combination
+    from sft.launch.profiles import PROFILES
+    from sft.recipe.finalize import fit_to_launch
 
     offload = PROFILES["zero3_offload"].read_deepspeed_config()
     assert "optimizer" not in offload and offload["zero_force_ds_cpu_optimizer"] is False  # the recipe's optim runs
     recipe = load(tmp_path, tiny_model, optim="adamw_torch")
-    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=offload) == [
+    assert fit_to_launch(recipe, 3, 2, on_gpu=True, deepspeed_config=offload) == [
         "optimizer: the recipe's optim adamw_torch, stepping on the CPU copy of the weights (optimizer offload)"]
     recipe = load(tmp_path, tiny_model, optim="paged_adamw_8bit")
     with pytest.raises(UserError, match=r"optim paged_adamw_8bit cannot step on the CPU copy of the weights that the "
                                         r"DeepSpeed config offloads \(offload_optimizer\); use optim: adamw_torch"):
-        check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=offload)
+        fit_to_launch(recipe, 3, 2, on_gpu=True, deepspeed_config=offload)
     zero3 = PROFILES["zero3"].read_deepspeed_config()
-    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=zero3) == []
+    assert fit_to_launch(recipe, 3, 2, on_gpu=True, deepspeed_config=zero3) == []
     own = {**offload, "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}}  # a user's config with its own
-    assert check_combination(recipe, 3, 2, on_gpu=True, deepspeed_config=own) == [
+    assert fit_to_launch(recipe, 3, 2, on_gpu=True, deepspeed_config=own) == [
         "optimizer: DeepSpeed's AdamW from the DeepSpeed config, not the recipe's optim paged_adamw_8bit"]
 
 
 def test_global_batch_sets_accumulation_or_is_refused(tiny_model, tmp_path):
     from sft.errors import UserError
-    from sft.launch.profiles import check_combination
+    from sft.recipe.finalize import fit_to_launch
 
     recipe = load(tmp_path, tiny_model, per_device_train_batch_size=2, global_batch_size=16)
-    notes = check_combination(recipe, zero_stage=None, world_size=2, on_gpu=False)
+    notes = fit_to_launch(recipe, zero_stage=None, world_size=2, on_gpu=False)
     assert recipe.training.gradient_accumulation_steps == 4
     assert notes == ["global_batch_size 16 = 2 per device x 2 processes x gradient_accumulation_steps 4"]
     recipe = load(tmp_path, tiny_model, per_device_train_batch_size=2, global_batch_size=10)
     with pytest.raises(UserError, match="global_batch_size 10 is not divisible by per_device_train_batch_size 2 x "
                                         "2 processes = 4"):
-        check_combination(recipe, zero_stage=None, world_size=2, on_gpu=False)
+        fit_to_launch(recipe, zero_stage=None, world_size=2, on_gpu=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def test_launch_dry_run_names_profile_and_command(tiny_model, tmp_path):
 def test_launch_with_a_named_profile(tiny_model, tmp_path):
     from sft.errors import UserError
     from sft.launch.launcher import accelerate_command, choose
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     recipe = load_recipe(str(recipe_file(tmp_path, tiny_model)))
     assert choose(recipe, "r.yaml", "zero3", on_gpu=False, processes=2, memory_gb=12) == ("zero3", "as asked")
@@ -236,20 +237,20 @@ def test_fsdp2_profiles_become_torchrun_with_an_fsdp2_plugin(monkeypatch):
 
 def test_fsdp_is_refused_on_cpu_and_fixes_qlora_on_gpu(tiny_model, tmp_path):
     from sft.errors import UserError
-    from sft.launch.profiles import check_combination
+    from sft.recipe.finalize import fit_to_launch
 
     recipe = load(tmp_path, tiny_model, method="qlora", bnb_4bit_quant_storage="uint8",
                   model_init_kwargs={"device_map": "auto"})
     with pytest.raises(UserError, match=r"FSDP runs on GPUs only \(accelerate ignores its FSDP plugin on CPU, so "
                                         r"nothing would be sharded\); on CPU use the zero3 or zero3_qlora profile$"):
-        check_combination(recipe, None, 2, on_gpu=False, fsdp=True)
-    notes = check_combination(recipe, None, 2, on_gpu=True, fsdp=True)
+        fit_to_launch(recipe, None, 2, on_gpu=False, fsdp=True)
+    notes = fit_to_launch(recipe, None, 2, on_gpu=True, fsdp=True)
     assert recipe.model.bnb_4bit_quant_storage == "float32" and recipe.training.model_init_kwargs == {}
     assert [n.split(": ", 1)[1].split(":")[0] for n in notes] == [
         "model_init_kwargs.device_map removed", "bnb_4bit_quant_storage uint8 -> float32"]
     eight_bit = load(tmp_path, tiny_model, method="lora", load_in_8bit=True)
     with pytest.raises(UserError, match="load_in_8bit under FSDP: an 8-bit base cannot be sharded"):
-        check_combination(eight_bit, None, 2, on_gpu=True, fsdp=True)
+        fit_to_launch(eight_bit, None, 2, on_gpu=True, fsdp=True)
 
 
 @pytest.mark.slow  # about 20 s on a busy 2-core machine: the real CLI imports torch and trl

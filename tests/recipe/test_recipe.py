@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from sft.errors import UserError
-from sft.recipe import load_recipe, resolved_values, write_resolved
-from sft.recipe_args import read_options
+from sft.recipe.load import load_recipe
+from sft.recipe.resolved import resolved_values, write_resolved
+from sft.recipe.command_line import read_options
 from tests.conftest import write_recipe
 
 

@@ -10,7 +10,7 @@ import time
 
 def main(recipe_path: str, out_dir: str) -> None:
     from sft.data.prepare import prepare_data, recipe_tokenizer
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     recipe = load_recipe(recipe_path)
     tokenizer = recipe_tokenizer(recipe)

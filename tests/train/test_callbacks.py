@@ -89,7 +89,7 @@ def test_nan_is_found_on_logged_values_before_any_save(case, settings, found_at,
 def test_early_stopping_and_samples_need_what_they_use(tiny_model, tmp_path):
     from sft.train.callbacks import training_callbacks
     from sft.errors import UserError
-    from sft.recipe import load_recipe
+    from sft.recipe.load import load_recipe
 
     base = {"model_name_or_path": str(tiny_model), "dataset_name": str(REPO / "recipes/data/uppercase_heldout.jsonl"),
             "output_dir": str(tmp_path / "run"), "report_to": "none"}

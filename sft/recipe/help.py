@@ -50,7 +50,7 @@ def _first_sentence(text: str) -> str:
 def every_key_text(width: int = 118) -> str:
     from transformers import TrainingArguments
 
-    from sft.recipe import RENAMED_KEYS, known_fields
+    from sft.recipe.fields import RENAMED_KEYS, known_fields
 
     training_args_names = {f.name for f in dataclasses.fields(TrainingArguments)}
     groups: dict[str, list[str]] = {}

@@ -6,10 +6,14 @@ import re
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from sft.recipe.resolved import redact
 from sft.train.checkpoints import complete_checkpoints
 
 LOCAL = re.compile(r"^(/|\.|~)")
+# huggingface_hub renders the front matter from ModelCardData (`card_data`); the body is sft's.
+CARD_TEMPLATE = "---\n{{ card_data }}\n---\n\n{{ body }}\n"
 
 
 def _is_hub_name(name) -> bool:
@@ -44,9 +48,22 @@ def metrics_of(run_dir: Path) -> dict:
     return found
 
 
-def build_card(run_dir, repo_id: str) -> str:
-    from sft.hub import redact
+def card_data(recipe: dict, metrics: dict, repo_id: str, adapter: bool) -> ModelCardData:
+    """The card's metadata, as huggingface_hub validates and writes it (front matter; `model-index` from the eval
+    metrics, on the first Hub dataset or, for local data, on the run's own eval split)."""
+    base = recipe.get("model_name_or_path")
+    hub_datasets = [d for d in datasets_of(recipe) if _is_hub_name(d)]
+    evaluated_on = hub_datasets[0] if hub_datasets else "eval split"
+    evals = [EvalResult(task_type="text-generation", dataset_type=evaluated_on, dataset_name=evaluated_on,
+                        metric_type=k, metric_name=k, metric_value=v)
+             for k, v in metrics.items() if k.startswith("eval_")]
+    return ModelCardData(library_name="peft" if adapter else "transformers",
+                         tags=["sft", "trl", recipe.get("method") or "full"], pipeline_tag="text-generation",
+                         base_model=base if _is_hub_name(base) else None, datasets=hub_datasets or None,
+                         model_name=repo_id.split("/")[-1] if evals else None, eval_results=evals or None)
 
+
+def build_card(run_dir, repo_id: str) -> str:
     run_dir = Path(run_dir)
     recipe_text = (run_dir / "recipe.yaml").read_text()
     recipe, _ = redact(yaml.safe_load(recipe_text) or {})
@@ -55,27 +72,13 @@ def build_card(run_dir, repo_id: str) -> str:
     base = recipe.get("model_name_or_path")
     method = recipe.get("method") or "full"
     datasets = datasets_of(recipe)
+    local_data = [d for d in datasets if not _is_hub_name(d)]
     metrics = metrics_of(run_dir)
     adapter = (run_dir / "adapter_config.json").is_file()
-
-    front = {"library_name": "peft" if adapter else "transformers", "tags": ["sft", "trl", method],
-             "pipeline_tag": "text-generation"}
-    if _is_hub_name(base):
-        front["base_model"] = base
-    hub_datasets = [d for d in datasets if _is_hub_name(d)]
-    local_data = [d for d in datasets if d not in hub_datasets]
-    if hub_datasets:
-        front["datasets"] = hub_datasets
-    evals = {k: v for k, v in metrics.items() if k.startswith("eval_")}
-    if evals:
-        front["model-index"] = [{"name": repo_id.split("/")[-1], "results": [{
-            "task": {"type": "text-generation"},
-            "metrics": [{"type": k, "name": k, "value": v} for k, v in evals.items()]}]}]
 
     # Local version tags (torch's +cpu/+cu124) are not on PyPI; the install line names the release.
     pinned = " ".join(f"{name}=={str(version).split('+')[0]}" for name, version in versions.items() if name != "sft")
     lines = [
-        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {repo_id.split('/')[-1]}", "",
         f"{'A LoRA adapter for' if adapter else 'A fine-tune of'} `{base}` ({method}), trained with "
         f"sft {versions.get('sft', '')} on top of TRL's SFTTrainer.", "",
@@ -84,7 +87,9 @@ def build_card(run_dir, repo_id: str) -> str:
         *([f"pip install {pinned}"] if pinned else []),
         f"sft train hf://{repo_id}/recipe.yaml",
         "```", "",
-        "`recipe.yaml` in this repo is the resolved recipe: every effective value of the run.",
+        "`recipe.yaml` in this repo is the resolved recipe: every effective value of the run. Trained from it, a "
+        "run does not push to this repo unless its command line says where (`--push_to_hub true --hub_model_id "
+        "YOUR/REPO`).",
         *([f"It names data on the training machine ({', '.join(f'`{d}`' for d in local_data)}): publish the "
            "recipe with `sft publish-recipe RECIPE REPO --with-data`, or point it at Hub datasets, to train it "
            "elsewhere."] if local_data else []), "",
@@ -96,11 +101,14 @@ def build_card(run_dir, repo_id: str) -> str:
         lines += ["", "Data statistics: " + ", ".join(f"{k} {v}" for k, v in stats.items()
                                                        if isinstance(v, (int, float)))]
     lines += ["", "## Metrics", ""]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()] \
-        if metrics else ["(no evaluation recorded)"]
     if metrics:
-        lines[len(lines) - len(metrics):len(lines) - len(metrics)] = ["| metric | value |", "|---|---|"]
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    else:
+        lines += ["(no evaluation recorded)"]
     lines += ["", "## Package versions", "", *[f"- {k} {v}" for k, v in versions.items()], "",
               "## Resolved recipe", "", "```yaml",
               yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=120).strip(), "```", ""]
-    return "\n".join(lines)
+    card = ModelCard.from_template(card_data(recipe, metrics, repo_id, adapter), template_str=CARD_TEMPLATE,
+                                   body="\n".join(lines))
+    return str(card)

@@ -1,0 +1,69 @@
+"""Loading a recipe: a flat YAML file (plus command-line overrides) becomes TRL's own dataclasses.
+
+Anything that is not a key of sft/recipe/fields.py fails before a model or a dataset is touched. Nothing is
+loaded or written besides the recipe file itself.
+"""
+
+import os
+from pathlib import Path
+
+from sft.errors import UserError
+from sft.migrate import refuse_foreign_config
+from sft.recipe.checks import check_values, one_line
+from sft.recipe.coercion import check_keys, resolve_path
+from sft.recipe.command_line import as_written_for_text_fields, plain_scalar_texts, typed_overrides
+from sft.recipe.fields import (PATH_KEYS, RENAMED_VALUES, SFT_DEFAULTS, Recipe, field_type, known_fields,
+                               recipe_dataclasses)
+from sft.recipe.finalize import finalize_values
+from sft.recipe.reading import RecipeFile, locate, read_yaml_with_lines
+
+
+def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = (),
+                adapt_to_hardware: bool = True) -> Recipe:
+    """Read, check and build a recipe (None: every key from the command line, as `trl sft --model_name_or_path M
+    ...`). Nothing is loaded or written besides the recipe file itself."""
+    if address is None:
+        recipe_file, data, lines = RecipeFile(path=None, display="command line", base_dir=Path.cwd()), {}, {}
+    else:
+        recipe_file = locate(address)
+        data, lines = read_yaml_with_lines(recipe_file)
+        refuse_foreign_config(data, recipe_file.display)  # an axolotl or LLaMA-Factory file: point to `sft migrate`
+        data = as_written_for_text_fields(data, plain_scalar_texts(recipe_file.path.read_text()), field_type)
+    notes: list[str] = []
+    values = check_keys(data, lambda k: f"{recipe_file.display}:{lines.get(k, 1)}", notes)
+    typed = typed_overrides(overrides, field_type, untyped_keys=RENAMED_VALUES)
+    from_command_line = check_keys(typed, lambda k: "command line", notes, option_style=True)
+    values.update(from_command_line)
+    provenance = values.pop("provenance", None)  # an earlier run's resolved recipe
+
+    for key in PATH_KEYS:
+        if key in values:
+            values[key] = resolve_path(values[key], recipe_file.base_dir)
+    if values.get("env"):
+        os.environ.update({str(k): str(v) for k, v in values["env"].items()})
+
+    explicit = dict(values)
+    for key, value in SFT_DEFAULTS.items():
+        values.setdefault(key, value)
+    finalize_values(values, recipe_file.display, notes, adapt_to_hardware)
+
+    sections: dict[str, dict] = {name: {} for name in recipe_dataclasses()}
+    table = known_fields()
+    for key, value in values.items():
+        for section, _, _ in table[key]:
+            sections[section][key] = value
+    built = {}
+    for section, cls in recipe_dataclasses().items():
+        try:
+            built[section] = cls(**sections[section])
+        except (ValueError, TypeError) as err:
+            message = one_line(str(err)) or type(err).__name__
+            raise UserError(f"{recipe_file.display}: invalid settings: {message}") from err
+    if built["model"].model_name_or_path is None:
+        raise UserError(f"{recipe_file.display}: missing key 'model_name_or_path' (a local model folder or a Hub "
+                        "name)")
+    recipe = Recipe(**built, source=recipe_file.display, base_dir=recipe_file.base_dir, explicit=explicit, notes=notes,
+                    command_line=frozenset(from_command_line), provenance=provenance)
+    check_values(recipe, lambda k: "command line" if k in from_command_line
+                 else f"{recipe_file.display}:{lines[k]}" if k in lines else recipe_file.display, from_command_line)
+    return recipe
