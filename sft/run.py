@@ -23,7 +23,7 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     from sft.recipe.finalize import finalize_run
     from sft.recipe.load import load_recipe
     from sft.recipe.resolved import write_resolved
-    from sft.storage import storage_errors_named
+    from sft.train.storage import storage_errors_named
 
     # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
     recipe = load_recipe(recipe_address, overrides)

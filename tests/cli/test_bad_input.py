@@ -299,7 +299,7 @@ def test_disk_full_during_a_run_is_one_line_naming_the_folder(finished, tmp_path
 def test_read_only_disk_is_named():
     """The machine runs tests as root without a read-only mount to write to, so the translation is checked on the
     OSError the kernel gives for one (EROFS, with the path it names)."""
-    from sft.storage import storage_error
+    from sft.train.storage import storage_error
 
     err = OSError(errno.EROFS, os.strerror(errno.EROFS), "/data/run/checkpoint-4/model.safetensors")
     assert str(storage_error(err, "/data/run")) == (
