@@ -45,6 +45,13 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=False):
     return proc
 
 
+def quickstart_rows(path: Path, rows: int) -> Path:
+    """The first `rows` lines of the quickstart's training data, written to `path`."""
+    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def write_recipe(path: Path, **values) -> Path:
     import yaml
 
@@ -69,8 +76,7 @@ def lora_run(tiny_model, tmp_path_factory) -> Path:
     """A real `sft train` LoRA run of 6 steps on the tiny model (adapter, checkpoints, metrics.jsonl, samples),
     shared by the tests of what comes after training (eval, merge, generate, chat, report)."""
     root = tmp_path_factory.mktemp("lora-run")
-    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()
-    (root / "train.jsonl").write_text("\n".join(lines[:48]) + "\n")
+    quickstart_rows(root / "train.jsonl", 48)
     recipe = write_recipe(
         root / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name=str(root / "train.jsonl"),
         output_dir=str(root / "run"), method="lora", lora_r=8, max_length=64, max_steps=6,

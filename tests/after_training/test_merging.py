@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import HUB_TOKEN, run_cli
+from tests.conftest import HUB_TOKEN, quickstart_rows, run_cli
 
 
 # Merging adds B·A into W in float32: the logits may differ from W·x + B·(A·x) only by float rounding.
@@ -130,10 +130,9 @@ def test_qlora_adapter_merges_into_the_unquantized_base(tiny_model, tmp_path):
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from tests.conftest import REPO, write_recipe
+    from tests.conftest import write_recipe
 
-    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:16]
-    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    quickstart_rows(tmp_path / "train.jsonl", 16)
     recipe = write_recipe(tmp_path / "q.yaml", model_name_or_path=str(tiny_model),
                           dataset_name=str(tmp_path / "train.jsonl"), output_dir=str(tmp_path / "run"),
                           method="qlora", max_length=64, max_steps=2, per_device_train_batch_size=8,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, quickstart_rows
 
 pytestmark = pytest.mark.slow  # about 90 s: four short trainings
 
@@ -17,8 +17,7 @@ STEP_OVERHEAD = REPO / "bench" / "step_overhead.py"
 def test_step_overhead_times_sft_against_a_bare_trainer_in_pairs(tiny_model, tmp_path):
     from tests.conftest import write_recipe
 
-    rows = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:64]
-    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    quickstart_rows(tmp_path / "train.jsonl", 64)
     recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path="unused",
                           dataset_name=str(tmp_path / "train.jsonl"),
                           output_dir=str(tmp_path / "unused"), max_length=64, per_device_train_batch_size=4,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import REPO, quickstart_rows, run_cli, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,7 @@ def finished(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("finished")
     build_tiny_model(root / "model")
-    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:16]
-    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    quickstart_rows(root / "train.jsonl", 16)
     write_recipe(root / "recipe.yaml", model_name_or_path=str(root / "model"), dataset_name=str(root / "train.jsonl"),
                  output_dir=str(root / "run"), max_steps=2, save_steps=2, per_device_train_batch_size=4,
                  max_length=64, report_to="none", seed=0)

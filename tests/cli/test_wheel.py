@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_recipe
+from tests.conftest import REPO, quickstart_rows, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,7 @@ def test_the_wheel_holds_every_module_template_and_profile(installed):
 
 
 def tiny_recipe(folder: Path, tiny_model: Path) -> Path:
-    rows = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:8]
-    (folder / "train.jsonl").write_text("\n".join(rows) + "\n")
+    quickstart_rows(folder / "train.jsonl", 8)
     return write_recipe(folder / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name="train.jsonl",
                         output_dir=str(folder / "out"), max_length=64, per_device_train_batch_size=2,
                         learning_rate=1e-3, max_steps=2, logging_steps=1, save_strategy="no", seed=0, report_to="none")

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import REPO, quickstart_rows, run_cli, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +41,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def base_recipe(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
-    rows = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:16]
-    (folder / "train.jsonl").write_text("\n".join(rows) + "\n")
+    quickstart_rows(folder / "train.jsonl", 16)
     return write_recipe(
         folder / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name=str(folder / "train.jsonl"),
         output_dir=str(folder / "unused"), max_length=64, per_device_train_batch_size=PER_DEVICE,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import quickstart_rows, run_cli, write_recipe
 from tests.support.loopback import run_nodes, srun_task
 
 pytestmark = pytest.mark.slow
@@ -27,8 +27,7 @@ REFERENCE_PROFILE = {"full": "multi_gpu", "qlora": "zero3_qlora"}
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("multinode-data") / "train.jsonl"
-    rows = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:ROWS]
-    path.write_text("\n".join(rows) + "\n")
+    quickstart_rows(path, ROWS)
     return path
 
 

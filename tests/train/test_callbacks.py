@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.conftest import REPO, SAMPLE_PROMPTS, run_cli, write_recipe
+from tests.conftest import REPO, SAMPLE_PROMPTS, quickstart_rows, run_cli, write_recipe
 
 
 def read_jsonl(path):
@@ -38,8 +38,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model, tmp_pa
     import torch
     from safetensors.torch import load_file
 
-    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:32]
-    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    quickstart_rows(tmp_path / "train.jsonl", 32)
     out_dir = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_model),
                           dataset_name=str(tmp_path / "train.jsonl"), output_dir=str(out_dir), method="full",
@@ -68,8 +67,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_model, tmp_pa
     ("before the final model is saved", {"logging_steps": 100, "save_strategy": "no", "max_steps": 2}, 2),
 ])
 def test_nan_is_found_on_logged_values_before_any_save(case, settings, found_at, tiny_model, tmp_path):
-    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:32]
-    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    quickstart_rows(tmp_path / "train.jsonl", 32)
     out_dir = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_model),
                           dataset_name=str(tmp_path / "train.jsonl"), output_dir=str(out_dir), method="full",
@@ -109,8 +107,7 @@ def test_eval_perplexity_early_stopping_and_best_model(tiny_model, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:40]
-    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    quickstart_rows(tmp_path / "train.jsonl", 40)
     out_dir = tmp_path / "run"
     # A threshold no change can beat: every evaluation after the first counts as "no improvement", so with
     # patience 2 the run must stop after its third evaluation (step 3), not at max_steps 20.

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, write_recipe
+from tests.conftest import REPO, quickstart_rows, write_recipe
 
 
 def test_steps_between_agreements_keep_about_a_second_of_training():
@@ -50,8 +50,7 @@ def logged_steps(out):
 
 @pytest.mark.slow  # about 30 s: two processes start, train a few steps, stop and save
 def test_a_signal_to_one_rank_checkpoints_every_rank_at_the_same_step(tiny_model, tmp_path):
-    rows = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:64]
-    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    quickstart_rows(tmp_path / "train.jsonl", 64)
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_model),
                           dataset_name=str(tmp_path / "train.jsonl"), output_dir=str(out), max_length=64,

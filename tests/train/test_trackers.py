@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import quickstart_rows, run_cli, write_recipe
 
 PROMPTS = ["Uppercase: abc", "Uppercase: hello world"]
 SAMPLE_STEPS = [2, 4, 6]  # sample_every_n_steps 2 of 6
@@ -19,8 +19,7 @@ def tracked_run(tiny_model, tmp_path_factory):
     pytest.importorskip("wandb")
     pytest.importorskip("trackio")
     root = tmp_path_factory.mktemp("tracked")
-    lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()
-    (root / "train.jsonl").write_text("\n".join(lines[:48]) + "\n")
+    quickstart_rows(root / "train.jsonl", 48)
     # An evaluation after every step: wandb and trackio then count two log lines per training step, so their own
     # step runs ahead of the training step (where wandb dropped samples given step=global_step).
     recipe = write_recipe(
