@@ -16,23 +16,15 @@ from sft.io import percentiles, write_atomic, write_jsonl
 
 
 def read_rows(path: str, instruction_template: str = "chat") -> tuple[list[dict], list[dict], str]:
-    """(raw rows, normalised rows, format) of one data file. A row that cannot be normalised is kept raw with a
-    None normalised form, so filters can count and drop it."""
-    from sft.data.formats import detect_format, normalise
-    from sft.data.sources import load_source
+    """(raw rows, normalised rows, format) of one data file, read as training reads it (sft.data.rows.read_file).
+    A row that cannot be normalised is kept raw with a None normalised form, so filters can count and drop it."""
+    from sft.data.rows import read_file
 
     if not Path(path).is_file():
         raise UserError(f"{path}: data file not found")
-    dataset = load_source(path)
-    fmt = detect_format(dataset.column_names, source=path)
-    raw, normalised = [], []
-    for row in dataset:
-        raw.append(row)
-        try:
-            normalised.append(normalise(row, fmt, instruction_template))
-        except ValueError:
-            normalised.append(None)
-    return raw, normalised, fmt
+    data = read_file(path, instruction_template)
+    rows = list(data.rows())
+    return [row.raw for row in rows], [row.example for row in rows], data.format
 
 
 def example_text(example: dict | None) -> str:

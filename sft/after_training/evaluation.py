@@ -63,22 +63,20 @@ def corpus_bleu(predictions: list[str], references: list[str]) -> tuple[float, s
 
 
 def read_eval_rows(path: str, instruction_template: str = "chat") -> tuple[list[dict], list, str]:
-    """(normalised rows, the raw `expected` value of each row or None, format) from a data file."""
-    from sft.data.formats import detect_format, normalise
-    from sft.data.sources import load_source
+    """(normalised rows, the raw `expected` value of each row or None, format) from a data file, read as training
+    reads it (sft.data.rows.read_file); a row that cannot be normalised is named."""
+    from sft.data.rows import read_file
 
-    raw = load_source(path)
-    if len(raw) == 0:
+    data = read_file(path, instruction_template)
+    if len(data) == 0:
         raise UserError(f"{path}: the file has no rows")
-    fmt = detect_format(raw.column_names, source=path)
     rows, expected = [], []
-    for index, row in enumerate(raw):
-        try:
-            rows.append(normalise(row, fmt, instruction_template))
-        except ValueError as err:
-            raise UserError(f"{path}: row {index + 1}: {err}") from None
-        expected.append(row.get("expected"))
-    return rows, expected, fmt
+    for row in data.rows():
+        if row.example is None:
+            raise UserError(f"{row.where}: {row.reason}")
+        rows.append(row.example)
+        expected.append(row.raw.get("expected"))
+    return rows, expected, data.format
 
 
 def check_metric_fields(metrics: list[str], rows: list[dict], source: str) -> None:

@@ -224,3 +224,19 @@ def test_lm_eval_tasks_say_what_to_install(tiny_model):
     assert proc.stderr.strip() == (
         "error: --tasks needs lm-evaluation-harness, which is not installed: pip install lm-eval (its stock tasks "
         "download their datasets from the Hub; local tasks need --include-path)")
+
+
+def test_eval_data_is_read_as_training_reads_it_and_a_bad_row_is_named_by_file_and_line(tmp_path):
+    from sft.after_training.evaluation import read_eval_rows
+    from sft.errors import UserError
+
+    data = tmp_path / "eval.jsonl"
+    good = {"messages": [{"role": "user", "content": "Uppercase: é b"}, {"role": "assistant", "content": "É B"}]}
+    bad = {"messages": [{"role": "wizard", "content": "x"}]}
+    data.write_text(json.dumps(good, ensure_ascii=False) + "\n\n" + json.dumps(bad) + "\n")
+    with pytest.raises(UserError) as err:
+        read_eval_rows(str(data))
+    assert str(err.value).startswith(f"{data}:3: ")  # the blank line 2 is skipped, as in training
+    data.write_text(json.dumps(good, ensure_ascii=False) + "\n")
+    rows, expected, fmt = read_eval_rows(str(data))
+    assert fmt == "chat" and expected == [None] and rows[0]["messages"][1]["content"] == "É B"
