@@ -135,6 +135,10 @@ def load_local_file(path: Path) -> Part:
         with path.open("rb") as handle:
             for _ in utf8_lines(handle, path):
                 pass
+    from datasets.utils import logging as datasets_logging
+
+    verbosity = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its parser logs an error before raising it
     try:
         dataset = load_dataset(builder, data_files=[str(path)], split="train")
     except Exception as err:  # datasets wraps parser errors in its own types; name the file and line instead
@@ -142,6 +146,8 @@ def load_local_file(path: Path) -> Part:
             check_json_file(path)
         reason = (str(err).strip() or type(err).__name__).splitlines()[0]
         raise UserError(f"{path}: could not read as {builder}: {reason}") from err
+    finally:
+        datasets_logging.set_verbosity(verbosity)
     if builder == "json":
         if lines is None or len(lines) != len(dataset):  # rows datasets read some other way than one per line
             check_json_file(path)
