@@ -175,17 +175,26 @@ def load_source(name: str, config: str | None = None, split: str = "train", data
     return concatenated(load_source_parts(name, config, split, data_files, data_dir), name)
 
 
+def source_files(name: str, data_files=None) -> list[Path] | None:
+    """The local files a source stands for (a file, folder or glob, or a json/csv/parquet/text builder with
+    data_files), or None for a dataset `datasets.load_dataset` finds (the Hub)."""
+    if data_files is None:
+        return local_data_files(name)
+    if name not in set(LOCAL_BUILDERS.values()):
+        return None
+    listed = [data_files] if isinstance(data_files, str) else data_files
+    if not (isinstance(listed, list) and all(isinstance(f, str) for f in listed)):
+        return None
+    return [f for entry in listed for f in (local_data_files(entry) or [Path(entry)])]
+
+
 def load_source_parts(name: str, config=None, split="train", data_files=None, data_dir=None, label=None) -> list[Part]:
     """One part per local file (file, folder or glob), or one through `datasets.load_dataset` (a Hub name, or a
     builder such as json with data_files)."""
     from datasets import load_dataset
 
     label = label or name
-    files = local_data_files(name) if data_files is None else None
-    if files is None and data_files is not None and name in set(LOCAL_BUILDERS.values()):
-        listed = [data_files] if isinstance(data_files, str) else data_files
-        if isinstance(listed, list) and all(isinstance(f, str) for f in listed):
-            files = [f for entry in listed for f in (local_data_files(entry) or [Path(entry)])]
+    files = source_files(name, data_files)
     if files is not None:
         return [load_local_file(f) for f in files]
     try:

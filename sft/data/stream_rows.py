@@ -6,20 +6,9 @@ import json
 from pathlib import Path
 
 from sft.data.formats import detect_format
-from sft.data.sources import LOCAL_BUILDERS, Source, local_data_files
+from sft.data.sources import LOCAL_BUILDERS, Source, source_files
 from sft.errors import UserError
 
-
-
-def source_files(source: Source) -> list[Path] | None:
-    """The local files of a source (a file, folder or glob, or a json/csv/parquet builder with data_files), or
-    None for a Hub dataset."""
-    if source.data_files is None:
-        return local_data_files(source.path)
-    if source.path not in set(LOCAL_BUILDERS.values()):
-        return None
-    listed = [source.data_files] if isinstance(source.data_files, str) else source.data_files
-    return [f for entry in listed for f in (local_data_files(entry) or [Path(entry)])]
 
 
 def json_lines(path: Path):
@@ -85,7 +74,7 @@ def hub_rows(source: Source):
 
 def raw_rows(source: Source):
     """(where, row or None, problem or None) of one source, in order, read lazily."""
-    files = source_files(source)
+    files = source_files(source.path, source.data_files)
     if files is None:
         yield from hub_rows(source)
         return
