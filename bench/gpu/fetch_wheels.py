@@ -74,10 +74,22 @@ def applies(requirement: Requirement, python_version: str, extras: set[str]) -> 
 
 
 def download(specs: list[str], dest: Path, python_version: str) -> None:
+    """Binary wheels for the target platform; a release published only as a source archive (rouge-score 0.1.2) is
+    built into a wheel here, which must come out pure Python (py3-none-any) to be usable on the GPU machine."""
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", python_version, "--implementation", "cp", *platforms, "-d", str(dest),
-                    *specs], check=True)
+    binary = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+              "--python-version", python_version, "--implementation", "cp", *platforms, "-d", str(dest)]
+    if subprocess.run(binary + specs, check=False).returncode == 0:
+        return
+    for spec in specs:  # find which ones have no wheel
+        if subprocess.run(binary + [spec], check=False, capture_output=True).returncode == 0:
+            continue
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), spec], check=True)
+        name = canonicalize_name(spec.split("==")[0])
+        built = [w for w in dest.glob("*.whl") if canonicalize_name(parse_wheel_filename(w.name)[0]) == name]
+        if not built or not all(w.name.endswith("-py3-none-any.whl") for w in built):
+            sys.exit(f"error: {spec} has no wheel for the target and its source does not build pure Python")
+        print(f"{spec}: no wheel published; built {built[0].name} from its source")
 
 
 def slim_bitsandbytes(wheel: Path, cuda_major: str) -> None:
