@@ -16,9 +16,10 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from sft.masks.plan import MaskError, MaskPlan, render
+from sft.masks.plan import MaskError, MaskPlan, render, special_run_at
 
 REASONING, TOOL_CALLS = 1, 2
+THINK_END, HIDDEN_THINK_END = "</think>", "\ue002"  # the private-use character stands for </think> in a template
 FALLBACKS = {
     "context": "train each assistant turn in the context the model sees when it generates it: one example per "
                "conversation where earlier turns render as generated, one per turn where they do not (default)",
@@ -55,15 +56,32 @@ class Rendered:
 class Conversation:
     """One conversation's renderings, each made once."""
 
-    def __init__(self, plan: MaskPlan, messages, tools, row_kwargs):
+    def __init__(self, plan: MaskPlan, messages, tools, row_kwargs, shown=None):
         self.plan, self.messages, self.tools, self.row_kwargs = plan, messages, tools, row_kwargs
+        self.shown = shown or messages  # what the template is given
         self.cache = {}
 
     def render(self, count: int, generation_prompt: bool = False) -> str:
         key = (count, generation_prompt)
         if key not in self.cache:
-            self.cache[key] = render(self.plan, self.messages[:count], self.tools, generation_prompt, self.row_kwargs)
+            text = render(self.plan, self.shown[:count], self.tools, generation_prompt, self.row_kwargs)
+            self.cache[key] = text.replace(HIDDEN_THINK_END, THINK_END)
         return self.cache[key]
+
+    def keeping_reasoning(self, i: int) -> "Conversation":
+        """This conversation with message i's `</think>` hidden from the template while it renders (and restored in
+        the text), so that a template that splits the reasoning off every assistant turn renders it whole."""
+        messages = list(self.shown)
+        content = messages[i].get("content")
+        if isinstance(content, list):
+            content = [{**part, "text": part["text"].replace(THINK_END, HIDDEN_THINK_END)}
+                       if isinstance(part, dict) and isinstance(part.get("text"), str) else part for part in content]
+        elif isinstance(content, str):
+            content = content.replace(THINK_END, HIDDEN_THINK_END)
+        messages[i] = {**messages[i], "content": content}
+        kept = Conversation(self.plan, self.messages, self.tools, self.row_kwargs, shown=messages)
+        kept.cache = {key: text for key, text in self.cache.items() if key[0] <= i}  # renderings without message i
+        return kept
 
 
 def content_text(content) -> str:
@@ -126,18 +144,40 @@ def appended_stop(plan: MaskPlan, conversation: Conversation, prompt: str, gener
         match = plan.special_run.match(whole, len(prompt + generated))
         if match and match.group(1) in plan.stop_tokens:
             return match.group(0)
-    if plan.closer and not plan.closer_written_last and plan.closer in plan.stop_tokens:
-        return plan.closer
-    if plan.closer:
+    # The closer's first token ends the turn: GLM's next header <|u|>, or an end token written only when the next
+    # turn starts (Apertus, nanochat: <|assistant_end|><|user_start|>).
+    first = special_run_at(plan, plan.closer)[0].strip(" \t\n") if plan.closer else None
+    if first and not plan.closer_written_last and first in plan.stop_tokens:
+        return first
+    if first:
         raise MaskError(f"no token ends assistant message {number}: the template ends it only with the next turn's "
-                        f"{plan.closer}, which is not a generation stop token of the model; add its id to "
+                        f"{first}, which is not a generation stop token of the model; add its id to "
                         "eos_token_id in the model's generation_config.json", template=True)
     raise MaskError("the template writes no special token after an assistant turn, so the model would never learn "
                     "to stop; end assistant turns with one (e.g. {{ eos_token }})", template=True)
 
 
+def inline_reasoning(message: dict) -> str:
+    """The reasoning written in a message's content before `</think>`, stripped ("" when there is none)."""
+    content = content_text(message.get("content"))
+    return content.split(THINK_END)[0].split("<think>")[-1].strip() if THINK_END in content else ""
+
+
 def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
-    """Assistant message i as the model generates it (the definition above)."""
+    """Assistant message i as the model generates it (the definition above). A template that drops the inline
+    reasoning from every assistant turn, the one being answered included (DeepSeek-R1 and its distills, whose
+    generation prompt opens the reasoning with <think>), is given the turn with its reasoning kept: what the model
+    generates after the generation prompt is the reasoning, then the answer."""
+    turn = rendered_turn(plan, conversation, i)
+    reasoning = inline_reasoning(conversation.messages[i])
+    if not reasoning or reasoning in turn.trained:
+        return turn
+    kept = rendered_turn(plan, conversation.keeping_reasoning(i), i)
+    return kept if reasoning in kept.trained else turn
+
+
+def rendered_turn(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
+    """Assistant message i: what follows the generation prompt in the template's rendering of the turn."""
     number = i + 1
     if i == 0:
         raise MaskError("the conversation starts with an assistant turn; the model needs something to answer")

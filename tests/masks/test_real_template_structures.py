@@ -65,11 +65,22 @@ STRUCTURES = {
                  "{% else %}<|start|>{{ m.role }}<|msg|>{{ m.content }}<|end|>{% endif %}{% endfor %}"
                  "{% if add_generation_prompt %}<|start|>assistant{% endif %}",
                  ["<|start|>", "<|end|>", "<|msg|>", "<|ch|>", "<|ret|>"], ["<|ret|>"]),
-    # R1-Distill-like: the assistant header and a forced <think> in the generation prompt, reasoning stripped.
+    # DeepSeek-R1 / R1-Distill / llama.cpp's R1 template: the assistant header and a forced <think> in the
+    # generation prompt; the reasoning split off every assistant turn, the last one included.
     "header_in_prompt": ("<s>{% for m in messages %}{% if m.role == 'user' %}<|User|>{{ m.content }}"
-                         "{% elif m.role == 'assistant' %}<|Assistant|>{{ m.content.split('</think>')[-1] }}"
+                         "{% elif m.role == 'assistant' %}{% set c = m.content %}{% if '</think>' in c %}"
+                         "{% set c = c.split('</think>')[-1] %}{% endif %}<|Assistant|>{{ c }}"
                          "<|eos|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|><think>\n"
                          "{% endif %}", ["<|User|>", "<|Assistant|>", "<|eos|>"], ["<|eos|>"]),
+    # Apertus / nanochat: the turn's end token (the model's eos) is written only when the next turn starts, and
+    # nothing after the last turn.
+    "closed_by_next": ("<|bos|>{% for m in messages %}{% if m.role == 'assistant' %}<|assistant_start|>"
+                       "{{ m.content }}{% else %}{% if not loop.first and messages[loop.index0 - 1].role == "
+                       "'assistant' %}<|assistant_end|>{% endif %}<|{{ m.role }}_start|>{{ m.content }}"
+                       "<|{{ m.role }}_end|>{% endif %}{% endfor %}{% if add_generation_prompt %}"
+                       "<|assistant_start|>{% endif %}",
+                       ["<|bos|>", "<|system_start|>", "<|system_end|>", "<|user_start|>", "<|user_end|>",
+                        "<|assistant_start|>", "<|assistant_end|>"], ["<|assistant_end|>"]),
 }
 # DeepSeek-V3.1-like: tool-call arguments joined as text with `+` (a mapping cannot be), calls after the content.
 STRUCTURES["text_arguments"] = (
@@ -172,15 +183,21 @@ def test_a_turn_without_its_own_end_token_ends_with_the_stop_token_that_follows_
     assert [p[2] for p in rows[0]["parts"]] == [2]  # the tool-call span, for `sft preview`
 
 
-def test_without_the_stop_token_in_the_generation_config_the_row_says_which_token_to_set():
-    template, specials, _ = STRUCTURES["no_end_token"]
-    tokenizer = template_tokenizer(template, specials)
+def encoded(tokenizer, messages) -> list[dict]:
+    """The rows of one conversation, with only the tokenizer's eos as a stop token."""
     plan = plan_masks(tokenizer, "assistant")
-    example = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
-    table = encode_batch({"example": [json.dumps(example)]}, [0], tokenizer, plan, "assistant", None, "keep_start",
-                         "context", "data")
-    assert table.to_pylist()[0]["error"] == (
-        "no token ends assistant message 2: the template ends it only with the next turn's <|u|>, which is not a "
+    table = encode_batch({"example": [json.dumps({"messages": messages})]}, [0], tokenizer, plan, "assistant", None,
+                         "keep_start", "context", "data")
+    return table.to_pylist()
+
+
+@pytest.mark.parametrize("name,token", [("no_end_token", "<|u|>"), ("closed_by_next", "<|assistant_end|>")])
+def test_without_the_stop_token_in_the_generation_config_the_row_says_which_token_to_set(name, token):
+    template, specials, _ = STRUCTURES[name]
+    rows = encoded(template_tokenizer(template, specials),
+                   [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    assert rows[0]["error"] == (
+        f"no token ends assistant message 2: the template ends it only with the next turn's {token}, which is not a "
         "generation stop token of the model; add its id to eos_token_id in the model's generation_config.json")
 
 
@@ -204,10 +221,66 @@ def test_tool_call_arguments_a_template_joins_as_text_are_given_as_json_text():
 
 
 def test_the_header_in_the_generation_prompt_is_not_trained():
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>r</think>one"}]
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "one"}]
     tokenizer, _, rows = rows_for("header_in_prompt", messages)
     assert trained(tokenizer, rows) == ["one<|eos|>"]
     assert tokenizer.decode(rows[0]["input_ids"]) == "<s><|User|>a<|Assistant|>one<|eos|>"
+
+
+def masked(tokenizer, row) -> str:
+    """The row's text, each run of trained tokens (labels equal to input_ids) decoded in ⟦ ⟧."""
+    ids, labels, out, start = row["input_ids"], row["labels"], "", 0
+    for a, b in runs_of(labels):
+        assert labels[a:b] == ids[a:b]
+        out += tokenizer.decode(ids[start:a]) + "⟦" + tokenizer.decode(ids[a:b]) + "⟧"
+        start = b
+    return out + tokenizer.decode(ids[start:])
+
+
+def r1_turn(reasoning, answer):
+    return {"role": "assistant", "content": f"<think>\n{reasoning}\n</think>\n\n{answer}"}  # as R1 writes it
+
+
+def test_reasoning_a_template_drops_from_every_turn_is_trained_as_generated_one_example_per_turn():
+    """DeepSeek-R1-like: each turn is trained after the generation prompt (which ends in <think>\\n) as the model
+    generates it: its reasoning, </think>, the answer and eos; each in the context the model sees (history without
+    reasoning), so a conversation becomes one example per turn."""
+    messages = [{"role": "user", "content": "Wie viel ist 2+2?"}, r1_turn("2 plus 2 ist 4.", "**4** ✓"),
+                {"role": "user", "content": "und 3+3 ?"}, r1_turn("3+3 = 6", "6")]
+    tokenizer, _, rows = rows_for("header_in_prompt", messages)
+    assert [(r["error"], r["part"]) for r in rows] == [(None, 1), (None, 2)]
+    assert [masked(tokenizer, r) for r in rows] == [
+        "<s><|User|>Wie viel ist 2+2?<|Assistant|><think>\n⟦2 plus 2 ist 4.\n</think>\n\n**4** ✓<|eos|>⟧",
+        "<s><|User|>Wie viel ist 2+2?<|Assistant|>\n\n**4** ✓<|eos|><|User|>und 3+3 ?<|Assistant|><think>\n"
+        "⟦3+3 = 6\n</think>\n\n6<|eos|>⟧"]
+    assert [[p[2] for p in r["parts"]] for r in rows] == [[1], [1]]  # the reasoning span, for `sft preview`
+
+
+def test_a_single_turn_of_a_template_that_drops_reasoning_keeps_it_and_mask_fallback_still_applies():
+    messages = [{"role": "user", "content": "a"}, r1_turn("r1", "one")]
+    tokenizer, _, rows = rows_for("header_in_prompt", messages)
+    assert [masked(tokenizer, r) for r in rows] == ["<s><|User|>a<|Assistant|><think>\n⟦r1\n</think>\n\none<|eos|>⟧"]
+    assert rows[0]["part"] == 0
+    two = messages + [{"role": "user", "content": "b"}, r1_turn("r2", "two")]
+    _, _, rows = rows_for("header_in_prompt", two, fallback="last_assistant")
+    assert trained(tokenizer, rows) == ["r2\n</think>\n\ntwo<|eos|>"] and rows[0]["fallback"]
+    _, _, rows = rows_for("header_in_prompt", two, fallback="error")
+    assert rows[0]["error"].startswith("the chat template renders earlier assistant turns differently")
+
+
+def test_an_end_token_written_only_when_the_next_turn_starts_is_each_turns_stop_token():
+    """Apertus/nanochat-like, <|assistant_end|> the tokenizer's eos: written before the next user turn, nothing
+    after the last turn. Each turn is trained through it; the last turn gets it appended."""
+    template, specials, _ = STRUCTURES["closed_by_next"]
+    tokenizer = template_tokenizer(template, specials)
+    tokenizer.eos_token = "<|assistant_end|>"
+    rows = encoded(tokenizer, [{"role": "system", "content": "Sei kurz."}, {"role": "user", "content": "hi "},
+                               {"role": "assistant", "content": " hello\n"}, {"role": "user", "content": "und?"},
+                               {"role": "assistant", "content": "gut ✓"}])
+    assert [(r["error"], r["part"]) for r in rows] == [(None, 0)]
+    assert masked(tokenizer, rows[0]) == (
+        "<|bos|><|system_start|>Sei kurz.<|system_end|><|user_start|>hi <|user_end|><|assistant_start|>"
+        "⟦ hello\n<|assistant_end|>⟧<|user_start|>und?<|user_end|><|assistant_start|>⟦gut ✓<|assistant_end|>⟧")
 
 
 def test_chat_template_kwargs_reach_the_template():

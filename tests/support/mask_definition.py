@@ -1,9 +1,10 @@
 """The definition of trained tokens, written out literally for the tests (independent of sft.masks' code):
 
 for each assistant turn i, P = the conversation before it rendered with add_generation_prompt=True and
-F = the conversation through it; the trained text is F after P, up to and including the first generation stop
-token; where the template writes no stop token, up to its last special token; where it writes no token after the
-last turn, plus the stop token it writes before the next turn."""
+F = the conversation through it (where that drops the turn's own <think> reasoning: rendered with the turn's
+</think> hidden from the template, so the reasoning is kept); the trained text is F after P, up to and including the
+first generation stop token; where the template writes no stop token, up to its last special token; where it
+writes no token after the last turn, plus the stop token it writes before the next turn."""
 
 import os
 import re
@@ -34,6 +35,12 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
         prompt = render(tokenizer, messages[:i], tools, True, **kwargs)
         full = render(tokenizer, messages[: i + 1], tools, **kwargs)
         before = render(tokenizer, messages[:i], tools, **kwargs)
+        conversation = messages
+        reasoning = inline_reasoning(message)
+        if reasoning and reasoning not in full[len(before):]:  # dropped even from this turn (DeepSeek-R1)
+            kept = {**message, "content": message["content"].replace("</think>", "\x00")}
+            conversation = messages[:i] + [kept] + messages[i + 1:]
+            full = render(tokenizer, conversation[: i + 1], tools, **kwargs).replace("\x00", "</think>")
         common = len(os.path.commonprefix([prompt, full]))
         if full.startswith(prompt):
             generated = full[len(prompt):]
@@ -54,7 +61,7 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
         if ends:
             out.append((prompt, generated[: ends[0].end()]))
             continue
-        whole = render(tokenizer, messages, tools, **kwargs)
+        whole = render(tokenizer, conversation, tools, **kwargs).replace("\x00", "</think>")
         match = leading_special.match(whole, len(prompt + generated)) if whole.startswith(prompt + generated) else None
         if not (match and match.group(1) in stops):
             probe = render(tokenizer, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
@@ -64,6 +71,13 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
             return f"message {i + 1}: no token ends it"
         out.append((prompt, generated + match.group(0)))
     return out
+
+
+def inline_reasoning(message) -> str:
+    content = message.get("content")
+    if not isinstance(content, str) or "</think>" not in content:
+        return ""
+    return content.split("</think>")[0].split("<think>")[-1].strip()
 
 
 def runs_of(labels) -> list[tuple[int, int]]:
