@@ -14,12 +14,14 @@ system prompt) gives turns of their own: the example is split (`mask_fallback` c
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from sft.masks.plan import MaskError, MaskPlan, render, special_run_at
 
 REASONING, TOOL_CALLS = 1, 2
-THINK_END, HIDDEN_THINK_END = "</think>", "\ue002"  # the private-use character stands for </think> in a template
+THINK, THINK_END = "<think>", "</think>"
+HIDDEN_THINK_END = "\ue002"  # stands for </think> where a template must not find it
 FALLBACKS = {
     "context": "train each assistant turn in the context the model sees when it generates it: one example per "
                "conversation where earlier turns render as generated, one per turn where they do not (default)",
@@ -68,17 +70,13 @@ class Conversation:
             self.cache[key] = text.replace(HIDDEN_THINK_END, THINK_END)
         return self.cache[key]
 
-    def keeping_reasoning(self, i: int) -> "Conversation":
-        """This conversation with message i's `</think>` hidden from the template while it renders (and restored in
-        the text), so that a template that splits the reasoning off every assistant turn renders it whole."""
+    def keeping_reasoning(self, i: int, opening: str) -> "Conversation":
+        """This conversation with message i's content opened by the generation prompt's `opening` (<think>\\n) in
+        place of its own, and its `</think>` hidden from the template while it renders (restored in the text), so
+        that a template that splits the reasoning off every assistant turn renders the turn as generated."""
         messages = list(self.shown)
-        content = messages[i].get("content")
-        if isinstance(content, list):
-            content = [{**part, "text": part["text"].replace(THINK_END, HIDDEN_THINK_END)}
-                       if isinstance(part, dict) and isinstance(part.get("text"), str) else part for part in content]
-        elif isinstance(content, str):
-            content = content.replace(THINK_END, HIDDEN_THINK_END)
-        messages[i] = {**messages[i], "content": content}
+        content = re.sub(r"^\s*(<think>\s*)?", "", messages[i]["content"])
+        messages[i] = {**messages[i], "content": opening + content.replace(THINK_END, HIDDEN_THINK_END)}
         kept = Conversation(self.plan, self.messages, self.tools, self.row_kwargs, shown=messages)
         kept.cache = {key: text for key, text in self.cache.items() if key[0] <= i}  # renderings without message i
         return kept
@@ -157,23 +155,24 @@ def appended_stop(plan: MaskPlan, conversation: Conversation, prompt: str, gener
                     "to stop; end assistant turns with one (e.g. {{ eos_token }})", template=True)
 
 
-def inline_reasoning(message: dict) -> str:
+def inline_reasoning(content: str) -> str:
     """The reasoning written in a message's content before `</think>`, stripped ("" when there is none)."""
-    content = content_text(message.get("content"))
-    return content.split(THINK_END)[0].split("<think>")[-1].strip() if THINK_END in content else ""
+    return content.split(THINK_END)[0].split(THINK)[-1].strip() if THINK_END in content else ""
 
 
 def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
     """Assistant message i as the model generates it (the definition above). A template that drops the inline
-    reasoning from every assistant turn, the one being answered included (DeepSeek-R1 and its distills, whose
-    generation prompt opens the reasoning with <think>), is given the turn with its reasoning kept: what the model
-    generates after the generation prompt is the reasoning, then the answer."""
+    reasoning from every assistant turn, the one being answered included, while its generation prompt opens the
+    reasoning (DeepSeek-R1 and its distills: "<think>\\n") is given the turn with its reasoning kept: what the
+    model generates after that prompt is the reasoning, </think>, then the answer."""
     turn = rendered_turn(plan, conversation, i)
-    reasoning = inline_reasoning(conversation.messages[i])
-    if not reasoning or reasoning in turn.trained:
+    content = conversation.messages[i].get("content")
+    reasoning = inline_reasoning(content) if isinstance(content, str) else ""
+    prompt = conversation.render(i, True)
+    if not reasoning or reasoning in turn.trained or not prompt.rstrip(" \t\n").endswith(THINK):
         return turn
-    kept = rendered_turn(plan, conversation.keeping_reasoning(i), i)
-    return kept if reasoning in kept.trained else turn
+    kept = rendered_turn(plan, conversation.keeping_reasoning(i, prompt[prompt.rindex(THINK):]), i)
+    return kept if kept.prompt == prompt and reasoning in kept.trained else turn
 
 
 def rendered_turn(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:

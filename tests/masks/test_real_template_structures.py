@@ -256,13 +256,21 @@ def test_reasoning_a_template_drops_from_every_turn_is_trained_as_generated_one_
     assert [[p[2] for p in r["parts"]] for r in rows] == [[1], [1]]  # the reasoning span, for `sft preview`
 
 
-def test_a_single_turn_of_a_template_that_drops_reasoning_keeps_it_and_mask_fallback_still_applies():
-    messages = [{"role": "user", "content": "a"}, r1_turn("r1", "one")]
+@pytest.mark.parametrize("content,generated", [
+    ("<think>\nr1\n</think>\n\none", "r1\n</think>\n\none"),  # as R1 writes it
+    ("r1\n</think>\n\none", "r1\n</think>\n\none"),  # without the opening the generation prompt writes
+    (" <think>r1</think>one", "r1</think>one")])  # the opening written differently: the prompt's is the one seen
+def test_a_single_turn_of_a_template_that_drops_reasoning_keeps_it(content, generated):
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": content}]
     tokenizer, _, rows = rows_for("header_in_prompt", messages)
-    assert [masked(tokenizer, r) for r in rows] == ["<s><|User|>a<|Assistant|><think>\n⟦r1\n</think>\n\none<|eos|>⟧"]
+    assert [masked(tokenizer, r) for r in rows] == [f"<s><|User|>a<|Assistant|><think>\n⟦{generated}<|eos|>⟧"]
     assert rows[0]["part"] == 0
-    two = messages + [{"role": "user", "content": "b"}, r1_turn("r2", "two")]
-    _, _, rows = rows_for("header_in_prompt", two, fallback="last_assistant")
+
+
+def test_mask_fallback_applies_to_a_template_that_drops_reasoning_from_every_turn():
+    two = [{"role": "user", "content": "a"}, r1_turn("r1", "one"), {"role": "user", "content": "b"},
+           r1_turn("r2", "two")]
+    tokenizer, _, rows = rows_for("header_in_prompt", two, fallback="last_assistant")
     assert trained(tokenizer, rows) == ["r2\n</think>\n\ntwo<|eos|>"] and rows[0]["fallback"]
     _, _, rows = rows_for("header_in_prompt", two, fallback="error")
     assert rows[0]["error"].startswith("the chat template renders earlier assistant turns differently")
@@ -387,6 +395,31 @@ def test_preview_marks_reasoning_and_says_when_a_conversation_was_split(tmp_path
     assert "⟦reasoning: r1⟧" in out and "⟦reasoning: r2⟧" in out and "⟦</think>one<|im_end|>⟧" in out
     check = run_cli("check", recipe)
     assert "1 conversation(s) split into one example per assistant turn" in check.stdout + check.stderr
+
+
+def test_a_template_that_drops_reasoning_from_every_turn_through_the_cli(tmp_path, tiny_bpe_model):
+    """R1-like: `sft check` counts the examples a split conversation became (packing packs them as any examples)
+    and says why; `sft preview` shows each turn trained with its reasoning."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import run_cli, write_recipe
+
+    rows = [{"messages": [{"role": "user", "content": "a"}, r1_turn("r1", "one"), {"role": "user", "content": "b"},
+                          r1_turn("r2", "two")]},
+            {"messages": [{"role": "user", "content": "c"}, r1_turn("r3", "three")]}]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    folder = model_with(tmp_path, tiny_bpe_model, "header_in_prompt")
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(folder), dataset_name=str(data),
+                          output_dir=str(tmp_path / "out"), packing=True)
+    out = run_cli("check", recipe, check=True).stdout
+    assert f"source 1: {data}: chat, 2 rows, 3 training examples, 0 bad rows" in out
+    assert "training data: 1 conversation(s) split into one example per assistant turn" in out
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    shown = [json.loads(line) for line in run_cli("preview", recipe, "--json", check=True).stdout.splitlines()
+             if line.startswith("{")]
+    assert [[tokenizer.decode(r["input_ids"][a:b]) for a, b in runs_of(r["labels"])] for r in shown] == [
+        ["r1\n</think>\n\none<|eos|>"], ["r2\n</think>\n\ntwo<|eos|>"], ["r3\n</think>\n\nthree<|eos|>"]]
 
 
 def test_vision_rows_are_refused_in_one_line(tmp_path, tiny_bpe_model):

@@ -37,10 +37,16 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
         before = render(tokenizer, messages[:i], tools, **kwargs)
         conversation = messages
         reasoning = inline_reasoning(message)
-        if reasoning and reasoning not in full[len(before):]:  # dropped even from this turn (DeepSeek-R1)
-            kept = {**message, "content": message["content"].replace("</think>", "\x00")}
-            conversation = messages[:i] + [kept] + messages[i + 1:]
-            full = render(tokenizer, conversation[: i + 1], tools, **kwargs).replace("\x00", "</think>")
+        answer = full[len(os.path.commonprefix([prompt, full])):]
+        if reasoning and reasoning not in answer and prompt.rstrip().endswith("<think>"):
+            # dropped even from this turn (DeepSeek-R1): the content as generated after the prompt's <think>
+            opening = prompt[prompt.rindex("<think>"):]
+            content = message["content"].lstrip()
+            content = content[len("<think>"):].lstrip() if content.startswith("<think>") else content
+            kept = {**message, "content": opening + content.replace("</think>", "\x00")}
+            kept_full = render(tokenizer, messages[:i] + [kept], tools, **kwargs).replace("\x00", "</think>")
+            if kept_full.startswith(prompt) and reasoning in kept_full[len(prompt):]:
+                conversation, full = messages[:i] + [kept] + messages[i + 1:], kept_full
         common = len(os.path.commonprefix([prompt, full]))
         if full.startswith(prompt):
             generated = full[len(prompt):]
