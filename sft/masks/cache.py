@@ -16,7 +16,7 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 
-CACHE_VERSION = "2"  # bump when the masks module's output changes for the same inputs
+CACHE_VERSION = "3"  # bump when the masks module's output changes for the same inputs
 
 
 def cache_root() -> Path:

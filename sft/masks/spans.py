@@ -21,6 +21,7 @@ from sft.masks.plan import MaskError, MaskPlan, render, special_run_at
 
 REASONING, TOOL_CALLS = 1, 2
 THINK, THINK_END = "<think>", "</think>"
+REASONING_FIELDS = ("reasoning_content", "thinking")
 HIDDEN_THINK_END = "\ue002"  # stands for </think> where a template must not find it
 FALLBACKS = {
     "context": "train each assistant turn in the context the model sees when it generates it: one example per "
@@ -70,13 +71,13 @@ class Conversation:
             self.cache[key] = text.replace(HIDDEN_THINK_END, THINK_END)
         return self.cache[key]
 
-    def keeping_reasoning(self, i: int, opening: str) -> "Conversation":
-        """This conversation with message i's content opened by the generation prompt's `opening` (<think>\\n) in
-        place of its own, and its `</think>` hidden from the template while it renders (restored in the text), so
-        that a template that splits the reasoning off every assistant turn renders the turn as generated."""
+    def generated_as(self, i: int, content: str) -> "Conversation":
+        """This conversation with message i written as `content` (its reasoning inline, no reasoning field) and its
+        `</think>` hidden from the template while it renders (restored in the text), so that a template that
+        splits the reasoning off every assistant turn renders the turn as generated."""
         messages = list(self.shown)
-        content = re.sub(r"^\s*(<think>\s*)?", "", messages[i]["content"])
-        messages[i] = {**messages[i], "content": opening + content.replace(THINK_END, HIDDEN_THINK_END)}
+        message = {k: v for k, v in messages[i].items() if k not in REASONING_FIELDS}
+        messages[i] = {**message, "content": content.replace(THINK_END, HIDDEN_THINK_END)}
         kept = Conversation(self.plan, self.messages, self.tools, self.row_kwargs, shown=messages)
         kept.cache = {key: text for key, text in self.cache.items() if key[0] <= i}  # renderings without message i
         return kept
@@ -155,23 +156,38 @@ def appended_stop(plan: MaskPlan, conversation: Conversation, prompt: str, gener
                     "to stop; end assistant turns with one (e.g. {{ eos_token }})", template=True)
 
 
-def inline_reasoning(content: str) -> str:
-    """The reasoning written in a message's content before `</think>`, stripped ("" when there is none)."""
-    return content.split(THINK_END)[0].split(THINK)[-1].strip() if THINK_END in content else ""
+def reasoning_of(message: dict) -> str:
+    """A message's reasoning, stripped: written in its content before `</think>`, or in a reasoning field."""
+    content = content_text(message.get("content"))
+    if THINK_END in content:
+        return content.split(THINK_END)[0].split(THINK)[-1].strip()
+    field = next((message[k] for k in REASONING_FIELDS if isinstance(message.get(k), str)), "")
+    return field.strip()
+
+
+def as_generated(message: dict, opening: str) -> str:
+    """The message's content as the model writes it after a generation prompt that ends in `opening` (<think>\\n):
+    its reasoning (in DeepSeek-R1's form where it is a field), </think>, then the answer."""
+    content = content_text(message.get("content"))
+    if THINK_END in content:
+        return opening + re.sub(r"^\s*(<think>\s*)?", "", content)  # the prompt's opening, not the content's
+    closing = "\n</think>\n\n" if opening.endswith("\n") else THINK_END
+    return opening + reasoning_of(message) + closing + content.lstrip()
 
 
 def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
-    """Assistant message i as the model generates it (the definition above). A template that drops the inline
-    reasoning from every assistant turn, the one being answered included, while its generation prompt opens the
-    reasoning (DeepSeek-R1 and its distills: "<think>\\n") is given the turn with its reasoning kept: what the
+    """Assistant message i as the model generates it (the definition above). A template that drops the reasoning
+    from every assistant turn, the one being answered included, while its generation prompt opens the reasoning
+    (DeepSeek-R1 and its distills: "<think>\\n") is given the turn with its reasoning inline and kept: what the
     model generates after that prompt is the reasoning, </think>, then the answer."""
     turn = rendered_turn(plan, conversation, i)
-    content = conversation.messages[i].get("content")
-    reasoning = inline_reasoning(content) if isinstance(content, str) else ""
+    message = conversation.messages[i]
+    reasoning = reasoning_of(message) if isinstance(message.get("content"), str) else ""
     prompt = conversation.render(i, True)
     if not reasoning or reasoning in turn.trained or not prompt.rstrip(" \t\n").endswith(THINK):
         return turn
-    kept = rendered_turn(plan, conversation.keeping_reasoning(i, prompt[prompt.rindex(THINK):]), i)
+    opening = prompt[prompt.rindex(THINK):]
+    kept = rendered_turn(plan, conversation.generated_as(i, as_generated(message, opening)), i)
     return kept if kept.prompt == prompt and reasoning in kept.trained else turn
 
 

@@ -91,7 +91,7 @@ STRUCTURES["text_arguments"] = (
     ["<|User|>", "<|Assistant|>", "<|call|>", "<|sep|>", "<|/call|>", "<|out|>", "<|/out|>", "<|eos|>"],
     ["<|eos|>"])
 REASONING_FIELD = {"drops_reasoning": "reasoning_content", "reasoning_field": "reasoning_content",
-                   "channels": "thinking"}
+                   "channels": "thinking", "header_in_prompt": "reasoning_content"}
 RENDERS_TOOLS = {"drops_reasoning", "reasoning_field", "no_end_token", "text_arguments"}
 NO_SYSTEM = {"channels", "header_in_prompt", "text_arguments"}
 
@@ -259,9 +259,12 @@ def test_reasoning_a_template_drops_from_every_turn_is_trained_as_generated_one_
 @pytest.mark.parametrize("content,generated", [
     ("<think>\nr1\n</think>\n\none", "r1\n</think>\n\none"),  # as R1 writes it
     ("r1\n</think>\n\none", "r1\n</think>\n\none"),  # without the opening the generation prompt writes
-    (" <think>r1</think>one", "r1</think>one")])  # the opening written differently: the prompt's is the one seen
+    (" <think>r1</think>one", "r1</think>one"),  # the opening written differently: the prompt's is the one seen
+    ({"content": "one", "reasoning_content": " r1\n"}, "r1\n</think>\n\none"),  # a field: in R1's own form
+    ({"content": "\none", "thinking": "r1"}, "r1\n</think>\n\none")])
 def test_a_single_turn_of_a_template_that_drops_reasoning_keeps_it(content, generated):
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": content}]
+    answer = content if isinstance(content, dict) else {"content": content}
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", **answer}]
     tokenizer, _, rows = rows_for("header_in_prompt", messages)
     assert [masked(tokenizer, r) for r in rows] == [f"<s><|User|>a<|Assistant|><think>\n⟦{generated}<|eos|>⟧"]
     assert rows[0]["part"] == 0

@@ -1,10 +1,10 @@
 """The definition of trained tokens, written out literally for the tests (independent of sft.masks' code):
 
-for each assistant turn i, P = the conversation before it rendered with add_generation_prompt=True and
-F = the conversation through it (where that drops the turn's own <think> reasoning: rendered with the turn's
-</think> hidden from the template, so the reasoning is kept); the trained text is F after P, up to and including the
-first generation stop token; where the template writes no stop token, up to its last special token; where it
-writes no token after the last turn, plus the stop token it writes before the next turn."""
+for each assistant turn i, P = the conversation before it rendered with add_generation_prompt=True and F = the
+conversation through it (where that drops the turn's own reasoning and P ends in <think>: rendered with the
+reasoning inline and its </think> hidden from the template, so the reasoning is kept); the trained text is F after
+P, up to and including the first generation stop token; where the template writes no stop token, up to its last
+special token; where it writes no token after the last turn, plus the stop token it writes before the next turn."""
 
 import os
 import re
@@ -42,8 +42,12 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
             # dropped even from this turn (DeepSeek-R1): the content as generated after the prompt's <think>
             opening = prompt[prompt.rindex("<think>"):]
             content = message["content"].lstrip()
-            content = content[len("<think>"):].lstrip() if content.startswith("<think>") else content
-            kept = {**message, "content": opening + content.replace("</think>", "\x00")}
+            if "</think>" in content:
+                content = content[len("<think>"):].lstrip() if content.startswith("<think>") else content
+            else:  # a reasoning field, written as DeepSeek-R1 writes its reasoning
+                content = reasoning + ("\n</think>\n\n" if opening.endswith("\n") else "</think>") + content
+            kept = {k: v for k, v in message.items() if k not in ("reasoning_content", "thinking")}
+            kept["content"] = opening + content.replace("</think>", "\x00")
             kept_full = render(tokenizer, messages[:i] + [kept], tools, **kwargs).replace("\x00", "</think>")
             if kept_full.startswith(prompt) and reasoning in kept_full[len(prompt):]:
                 conversation, full = messages[:i] + [kept] + messages[i + 1:], kept_full
@@ -80,10 +84,14 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
 
 
 def inline_reasoning(message) -> str:
+    """The reasoning in the content before </think>, else in a reasoning_content or thinking field."""
     content = message.get("content")
-    if not isinstance(content, str) or "</think>" not in content:
+    if not isinstance(content, str):
         return ""
-    return content.split("</think>")[0].split("<think>")[-1].strip()
+    if "</think>" in content:
+        return content.split("</think>")[0].split("<think>")[-1].strip()
+    field = message.get("reasoning_content", message.get("thinking"))
+    return field.strip() if isinstance(field, str) else ""
 
 
 def runs_of(labels) -> list[tuple[int, int]]:
