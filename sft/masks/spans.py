@@ -14,14 +14,11 @@ system prompt) gives turns of their own: the example is split (`mask_fallback` c
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 
+from sft.masks.content import REASONING_FIELDS, THINK, THINK_END, as_generated, content_text, reasoning_of, turn_parts
 from sft.masks.plan import MaskError, MaskPlan, render, special_run_at
 
-REASONING, TOOL_CALLS = 1, 2
-THINK, THINK_END = "<think>", "</think>"
-REASONING_FIELDS = ("reasoning_content", "thinking")
 HIDDEN_THINK_END = "\ue002"  # stands for </think> where a template must not find it
 FALLBACKS = {
     "context": "train each assistant turn in the context the model sees when it generates it: one example per "
@@ -81,13 +78,6 @@ class Conversation:
         kept = Conversation(self.plan, self.messages, self.tools, self.row_kwargs, shown=messages)
         kept.cache = {key: text for key, text in self.cache.items() if key[0] <= i}  # renderings without message i
         return kept
-
-
-def content_text(content) -> str:
-    """A message's text: a string, or the concatenated text parts of a content list."""
-    if isinstance(content, list):
-        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
-    return content if isinstance(content, str) else ""
 
 
 def generation_start(prompt: str, full: str, previous: dict, number: int) -> int:
@@ -156,25 +146,6 @@ def appended_stop(plan: MaskPlan, conversation: Conversation, prompt: str, gener
                     "to stop; end assistant turns with one (e.g. {{ eos_token }})", template=True)
 
 
-def reasoning_of(message: dict) -> str:
-    """A message's reasoning, stripped: written in its content before `</think>`, or in a reasoning field."""
-    content = content_text(message.get("content"))
-    if THINK_END in content:
-        return content.split(THINK_END)[0].split(THINK)[-1].strip()
-    field = next((message[k] for k in REASONING_FIELDS if isinstance(message.get(k), str)), "")
-    return field.strip()
-
-
-def as_generated(message: dict, opening: str) -> str:
-    """The message's content as the model writes it after a generation prompt that ends in `opening` (<think>\\n):
-    its reasoning (in DeepSeek-R1's form where it is a field), </think>, then the answer."""
-    content = content_text(message.get("content"))
-    if THINK_END in content:
-        return opening + re.sub(r"^\s*(<think>\s*)?", "", content)  # the prompt's opening, not the content's
-    closing = "\n</think>\n\n" if opening.endswith("\n") else THINK_END
-    return opening + reasoning_of(message) + closing + content.lstrip()
-
-
 def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
     """Assistant message i as the model generates it (the definition above). A template that drops the reasoning
     from every assistant turn, the one being answered included, while its generation prompt opens the reasoning
@@ -217,28 +188,6 @@ def rendered_turn(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
     if not trained.strip():
         raise MaskError(f"the chat template renders nothing for assistant message {number}")
     return Turn(prompt, trained, after, turn_parts(conversation.messages[i], trained, end or len(generated)))
-
-
-def turn_parts(message: dict, trained: str, stop_at: int) -> list:
-    """(start, end, kind) of the reasoning and the tool calls inside a turn's trained text, where they are found."""
-    parts = []
-    content = content_text(message.get("content"))
-    reasoning = message.get("reasoning_content") or message.get("thinking")
-    if not isinstance(reasoning, str) and "</think>" in content:
-        reasoning, content = content.split("</think>", 1)
-        reasoning = reasoning.split("<think>")[-1]
-    reasoning_end = 0
-    if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() in trained:
-        start = trained.index(reasoning.strip())
-        reasoning_end = start + len(reasoning.strip())
-        parts.append((start, reasoning_end, REASONING))
-    if message.get("tool_calls"):
-        start = reasoning_end
-        if content.strip() and content.strip() in trained[start:stop_at]:
-            start = trained.rindex(content.strip(), start, stop_at) + len(content.strip())
-        if stop_at > start:
-            parts.append((start, stop_at, TOOL_CALLS))
-    return parts
 
 
 def trained_turns(messages: list[dict], loss_mode: str, completion_turns: int | None = None) -> list[int]:
