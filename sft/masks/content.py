@@ -1,8 +1,6 @@
 """What an assistant message holds: its text, its reasoning (inline before </think>, or in a field), its tool
 calls, and where each lies in the text the model generates."""
 
-import re
-
 REASONING, TOOL_CALLS = 1, 2  # kinds of the parts `sft preview` colours
 THINK, THINK_END = "<think>", "</think>"
 REASONING_FIELDS = ("reasoning_content", "thinking")
@@ -24,12 +22,19 @@ def reasoning_of(message: dict) -> str:
     return field.strip()
 
 
-def as_generated(message: dict, opening: str) -> str:
+def as_generated(message: dict, opening: str) -> str | None:
     """The message's content as the model writes it after a generation prompt that ends in `opening` (<think>\\n):
-    its reasoning (in DeepSeek-R1's form where it is a field), </think>, then the answer."""
-    content = content_text(message.get("content"))
-    if THINK_END in content:
-        return opening + re.sub(r"^\s*(<think>\s*)?", "", content)  # the prompt's opening, not the content's
+    its reasoning (in DeepSeek-R1's form where it is a field), </think>, then the answer; None without reasoning."""
+    content = message.get("content")
+    if not isinstance(content, str):
+        return None
+    if THINK_END in content:  # the prompt's opening stands for the content's own
+        content = content.lstrip()
+        if content.startswith(opening):
+            return content
+        return opening + (content[len(THINK):].lstrip() if content.startswith(THINK) else content)
+    if not reasoning_of(message):
+        return None
     closing = "\n</think>\n\n" if opening.endswith("\n") else THINK_END
     return opening + reasoning_of(message) + closing + content.lstrip()
 

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from sft.masks.content import REASONING_FIELDS, THINK, THINK_END, as_generated, content_text, reasoning_of, turn_parts
+from sft.masks.content import REASONING_FIELDS, THINK, THINK_END, as_generated, content_text, turn_parts
 from sft.masks.plan import MaskError, MaskPlan, render, special_run_at
 
 HIDDEN_THINK_END = "\ue002"  # stands for </think> where a template must not find it
@@ -152,14 +152,14 @@ def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
     (DeepSeek-R1 and its distills: "<think>\\n") is given the turn with its reasoning inline and kept: what the
     model generates after that prompt is the reasoning, </think>, then the answer."""
     turn = rendered_turn(plan, conversation, i)
-    message = conversation.messages[i]
-    reasoning = reasoning_of(message) if isinstance(message.get("content"), str) else ""
     prompt = conversation.render(i, True)
-    if not reasoning or reasoning in turn.trained or not prompt.rstrip(" \t\n").endswith(THINK):
+    if THINK_END in turn.trained or not prompt.rstrip(" \t\n").endswith(THINK):
         return turn
-    opening = prompt[prompt.rindex(THINK):]
-    kept = rendered_turn(plan, conversation.generated_as(i, as_generated(message, opening)), i)
-    return kept if kept.prompt == prompt and reasoning in kept.trained else turn
+    content = as_generated(conversation.messages[i], prompt[prompt.rindex(THINK):])
+    if content is None:
+        return turn
+    kept = rendered_turn(plan, conversation.generated_as(i, content), i)
+    return kept if kept.prompt == prompt and THINK_END in kept.trained else turn
 
 
 def rendered_turn(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:

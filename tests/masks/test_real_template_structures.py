@@ -260,6 +260,7 @@ def test_reasoning_a_template_drops_from_every_turn_is_trained_as_generated_one_
     ("<think>\nr1\n</think>\n\none", "r1\n</think>\n\none"),  # as R1 writes it
     ("r1\n</think>\n\none", "r1\n</think>\n\none"),  # without the opening the generation prompt writes
     (" <think>r1</think>one", "r1</think>one"),  # the opening written differently: the prompt's is the one seen
+    ("<think>\n\n</think>\n\none", "\n</think>\n\none"),  # no reasoning: the empty think block is generated
     ({"content": "one", "reasoning_content": " r1\n"}, "r1\n</think>\n\none"),  # a field: in R1's own form
     ({"content": "\none", "thinking": "r1"}, "r1\n</think>\n\none")])
 def test_a_single_turn_of_a_template_that_drops_reasoning_keeps_it(content, generated):

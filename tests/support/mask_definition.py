@@ -36,20 +36,24 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
         full = render(tokenizer, messages[: i + 1], tools, **kwargs)
         before = render(tokenizer, messages[:i], tools, **kwargs)
         conversation = messages
-        reasoning = inline_reasoning(message)
         answer = full[len(os.path.commonprefix([prompt, full])):]
-        if reasoning and reasoning not in answer and prompt.rstrip().endswith("<think>"):
-            # dropped even from this turn (DeepSeek-R1): the content as generated after the prompt's <think>
+        content = message.get("content")
+        field = message.get("reasoning_content", message.get("thinking"))
+        given = isinstance(content, str) and ("</think>" in content or (isinstance(field, str) and field.strip()))
+        if given and "</think>" not in answer and prompt.rstrip().endswith("<think>"):
+            # reasoning dropped even from this turn (DeepSeek-R1): the content as generated after P's <think>
             opening = prompt[prompt.rindex("<think>"):]
-            content = message["content"].lstrip()
+            content = content.lstrip()
             if "</think>" in content:
-                content = content[len("<think>"):].lstrip() if content.startswith("<think>") else content
+                if not content.startswith(opening):
+                    content = opening + (content[7:].lstrip() if content.startswith("<think>") else content)
             else:  # a reasoning field, written as DeepSeek-R1 writes its reasoning
-                content = reasoning + ("\n</think>\n\n" if opening.endswith("\n") else "</think>") + content
+                closing = "\n</think>\n\n" if opening.endswith("\n") else "</think>"
+                content = opening + field.strip() + closing + content
             kept = {k: v for k, v in message.items() if k not in ("reasoning_content", "thinking")}
-            kept["content"] = opening + content.replace("</think>", "\x00")
+            kept["content"] = content.replace("</think>", "\x00")
             kept_full = render(tokenizer, messages[:i] + [kept], tools, **kwargs).replace("\x00", "</think>")
-            if kept_full.startswith(prompt) and reasoning in kept_full[len(prompt):]:
+            if kept_full.startswith(prompt) and "</think>" in kept_full[len(prompt):]:
                 conversation, full = messages[:i] + [kept] + messages[i + 1:], kept_full
         common = len(os.path.commonprefix([prompt, full]))
         if full.startswith(prompt):
@@ -81,17 +85,6 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
             return f"message {i + 1}: no token ends it"
         out.append((prompt, generated + match.group(0)))
     return out
-
-
-def inline_reasoning(message) -> str:
-    """The reasoning in the content before </think>, else in a reasoning_content or thinking field."""
-    content = message.get("content")
-    if not isinstance(content, str):
-        return ""
-    if "</think>" in content:
-        return content.split("</think>")[0].split("<think>")[-1].strip()
-    field = message.get("reasoning_content", message.get("thinking"))
-    return field.strip() if isinstance(field, str) else ""
 
 
 def runs_of(labels) -> list[tuple[int, int]]:
