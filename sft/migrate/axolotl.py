@@ -231,6 +231,8 @@ def attention(data: dict, migration) -> None:
         if data.get(key) in (True, "xformers"):
             migration.set(key, {"attn_implementation": "sdpa"}, "xformers is not in transformers; sdpa is PyTorch's "
                                                                  "memory-efficient attention, the same computation")
+    if data.get("xformers_attention") is False:
+        migration.note("xformers_attention", "false: not used")
     if data.get("flash_attention"):
         migration.set("flash_attention", {"attn_implementation": "flash_attention_2"})
     if data.get("sdp_attention"):

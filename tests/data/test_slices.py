@@ -53,3 +53,14 @@ def test_a_slice_local_files_do_not_have_stops_in_one_line(tiny_model, tmp_path)
     assert proc.stderr.splitlines() == [
         "error: train.jsonl: split 'test[:10%]' cannot be read from local files (Unknown split \"test\". Should be "
         "one of ['train'].): their rows are the split train; slice it as train[:20%], train[:1000] or train[100:200]"]
+
+
+def test_a_slice_of_a_streamed_dataset_stops_in_one_line(tiny_model, tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(chat_line(w) for w in WORDS))
+    write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_model), dataset_name="train.jsonl",
+                 dataset_train_split="train[:20%]", streaming=True, max_steps=2, output_dir="out")
+    proc = run_cli("train", "recipe.yaml", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: train.jsonl: split train[:20%]: a streamed dataset cannot be sliced; "
+                                        "remove the slice or set streaming: false"]
+    assert not (tmp_path / "out").exists()
