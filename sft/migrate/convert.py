@@ -120,9 +120,8 @@ class Migration:
             self.launch_profile = "fsdp2_qlora" if self.recipe.get("method") == "qlora" else "fsdp2"
             self.note(their_key, f"the launch profile {self.launch_profile} (PyTorch FSDP2, fully sharded): `sft "
                                  f"launch RECIPE --profile {self.launch_profile}`")
-        for key in ("fsdp", "fsdp_config"):
-            if key != their_key and (key == "fsdp" and options or key == "fsdp_config" and config):
-                self.note(key, f"read with {their_key}")
+        if their_key != "fsdp_config" and config:
+            self.note("fsdp_config", f"read with {their_key}")
 
 
 def zero_profile(config, base_dir: Path, method: str | None) -> str | None:

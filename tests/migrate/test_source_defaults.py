@@ -194,6 +194,11 @@ def test_llamafactory_keys_sft_has_an_equivalent_for(tmp_path):
     assert migration.launch_profile == "fsdp2"
     migration = migrated(tmp_path, LLAMAFACTORY + "fsdp: [full_shard, auto_wrap]\nquantization_bit: 4\n", "lf.yaml")
     assert migration.launch_profile == "fsdp2_qlora"  # was "'fsdp' must be str"
+    offload = ("fsdp: full_shard offload auto_wrap\nfsdp_config:\n"
+               "  fsdp_transformer_layer_cls_to_wrap: Qwen3DecoderLayer\n")
+    migration = migrated(tmp_path, LLAMAFACTORY + offload, "lf.yaml")
+    assert migration.launch_profile is None and "fsdp_config" not in migration.recipe
+    assert reasons(migration)["fsdp"].startswith("CPU offload: sft's FSDP profiles keep everything on the GPUs")
     for name, family in [("llama2", "Llama-2-chat"), ("phi_3", "Phi-3"), ("gemma3", "Gemma-3")]:
         migration = migrated(tmp_path, LLAMAFACTORY + f"template: {name}\n", "lf.yaml")
         assert mapped(migration)["template"] == (f"({name}: the chat template {family} models ship, which sft "
