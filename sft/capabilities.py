@@ -1,5 +1,5 @@
 """Requests a recipe makes that this machine may not honour: flash attention, Hub kernels, Liger kernels, a tracker,
-padding-free batches.
+padding-free batches, TF32 matmuls, torchao's 8-bit optimizer.
 
 Published recipes ask for `attn_implementation: flash_attention_2` and Liger kernels as a matter of course. On a
 machine without a GPU none of them can run, installed or not, so the run falls back (sdpa, no Liger, padded
@@ -24,6 +24,7 @@ PIP_NAMES = {
     "tensorboard": "'sft[tensorboard]'",
     "wandb": "'sft[wandb]'",
     "trackio": "'sft[trackio]'",
+    "torchao": "torchao",
 }
 # report_to name -> modules, any of which makes it available (transformers accepts tensorboardX too).
 TRACKER_MODULES = {
@@ -38,14 +39,17 @@ ATTENTION_MODULES = {
     "flash_attention_2": ("flash_attn", "kernels"),
     "flash_attention_3": ("flash_attn_interface", "kernels"),
 }
+# optim -> the module transformers imports for it (bitsandbytes' optimizers ship with sft's qlora dependency).
+OPTIMIZER_MODULES = {"adamw_torch_4bit": "torchao", "adamw_torch_8bit": "torchao"}
 CHECKED_MODULES = sorted({m for ms in (*TRACKER_MODULES.values(), *ATTENTION_MODULES.values()) for m in ms}
-                         | {"liger_kernel"})
+                         | {"liger_kernel", *OPTIMIZER_MODULES.values()})
 
 
 @dataclass(frozen=True)
 class Machine:
     on_gpu: bool
     installed: frozenset  # importable module names among CHECKED_MODULES
+    tf32: bool = False  # an Ampere or newer NVIDIA GPU: TrainingArguments refuses tf32: true elsewhere
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,32 @@ class Fallback:
 def this_machine() -> Machine:
     from sft.train.hardware import has_gpu
 
-    return Machine(on_gpu=has_gpu(),
-                   installed=frozenset(m for m in CHECKED_MODULES if importlib.util.find_spec(m) is not None))
+    on_gpu = has_gpu()
+    return Machine(on_gpu=on_gpu, installed=installed_modules(), tf32=on_gpu and ampere_or_newer())
+
+
+def installed_modules() -> frozenset:
+    return frozenset(m for m in CHECKED_MODULES if importlib.util.find_spec(m) is not None)
+
+
+def ampere_or_newer() -> bool:
+    import torch
+
+    return torch.version.cuda is not None and torch.cuda.get_device_capability()[0] >= 8
+
+
+def unusable_request(values: dict, installed) -> str | None:
+    """What transformers cannot run whatever the machine: an attention it does not have, an optimizer whose package
+    is missing. Also what `sft migrate` reports for such a value."""
+    if values.get("attn_implementation") == "xformers":
+        return ("attn_implementation xformers is not an attention transformers has; set attn_implementation: sdpa "
+                "(PyTorch's memory-efficient attention, what xformers provided)")
+    optim = str(getattr(values.get("optim"), "value", values.get("optim")))
+    module = OPTIMIZER_MODULES.get(optim)
+    if module and module not in installed:
+        return (f"optim {optim} needs {module}, which is not installed: {_install(module)}, or set optim: "
+                "adamw_bnb_8bit (bitsandbytes' 8-bit AdamW)")
+    return None
 
 
 def _install(module: str) -> str:
@@ -69,6 +97,12 @@ def _install(module: str) -> str:
 def decide(values: dict, machine: Machine) -> list[Fallback]:
     """The fallbacks this machine needs for the recipe's values; UserError for what it must not run without."""
     fallbacks = []
+    problem = unusable_request(values, machine.installed)
+    if problem:
+        raise UserError(problem)
+    if values.get("tf32") and not machine.tf32:
+        fallbacks.append(Fallback("tf32", False, "tf32 needs an Ampere or newer NVIDIA GPU: turned off on this "
+                                  "machine (float32 matmuls at full precision)"))
     attention = values.get("attn_implementation") or ""
     hub_kernel = attention.startswith("kernels-community/")
     if attention in ATTENTION_MODULES or attention.startswith("flash_attention") or hub_kernel:

@@ -55,11 +55,12 @@ class Where:
 
     label: str  # the file, or "name[split]"
     lines: object = None  # array of the line number of each row (JSON Lines), or None
+    first: int = 0  # the file's row number of the part's first row (a slice of the file starts further in)
 
     def __call__(self, index: int) -> str:
         if self.lines is not None:
             return f"{self.label}:{self.lines[index]}"
-        return f"{self.label} row {index + 1}"
+        return f"{self.label} row {self.first + index + 1}"
 
 
 @dataclass
@@ -196,7 +197,8 @@ def load_source_parts(name: str, config=None, split="train", data_files=None, da
     label = label or name
     files = source_files(name, data_files)
     if files is not None:
-        return [load_local_file(f) for f in files]
+        parts = [load_local_file(f) for f in files]
+        return sliced(parts, split, label) if "[" in split else parts
     try:
         dataset = load_dataset(name, name=config, split=split, data_files=data_files, data_dir=data_dir)
     except FileNotFoundError as err:
@@ -205,3 +207,32 @@ def load_source_parts(name: str, config=None, split="train", data_files=None, da
     except (ValueError, ConnectionError, OSError) as err:
         raise UserError(f"{label}: {name}: {str(err).splitlines()[0]}") from err
     return [Part(dataset, Where(f"{name}[{split}]"))]
+
+
+def sliced(parts: list[Part], split: str, label: str) -> list[Part]:
+    """The rows a split slice ("train[:20%]", "train[100:200]", datasets' own syntax) names of local files, whose
+    rows, file after file, are the one split "train". Rows keep the file and line they came from."""
+    from datasets import ReadInstruction
+
+    total = sum(len(p.dataset) for p in parts)
+    try:
+        ranges = ReadInstruction.from_spec(split).to_absolute({"train": total})
+    except (ValueError, AssertionError) as err:
+        ranges, reason = None, str(err).splitlines()[0]
+    if ranges is None or any(r.splitname != "train" for r in ranges):
+        raise UserError(f"{label}: split {split!r} cannot be read from local files"
+                        f"{f' ({reason})' if ranges is None else ''}: their rows are the split train; slice it as "
+                        "train[:20%], train[:1000] or train[100:200]")
+    chosen, start = [], 0
+    for part in parts:
+        size = len(part.dataset)
+        for r in ranges:
+            first, last = max(r.from_ - start, 0), min(r.to - start, size)
+            if first < last:
+                lines = part.where.lines[first:last] if part.where.lines is not None else None
+                chosen.append(Part(part.dataset.select(range(first, last)),
+                                   Where(part.where.label, lines, part.where.first + first)))
+        start += size
+    if not chosen:
+        raise UserError(f"{label}: split {split!r} holds none of the {total} rows")
+    return chosen

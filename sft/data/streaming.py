@@ -176,6 +176,9 @@ def streaming_problems(recipe, sources: list[Source], test_size) -> list[str]:
         problems.append(f"{recipe.source}: dataloader_num_workers: a streamed dataset is checked and its bad rows "
                         "counted in the training process; set dataloader_num_workers: 0 or streaming: false")
     for source in sources:
+        if "[" in (source.split or ""):  # datasets streams whole splits only
+            problems.append(f"{source.label}: split {source.split}: a streamed dataset cannot be sliced; remove the "
+                            "slice or set streaming: false")
         if source.weight not in (None, 1, 1.0):
             problems.append(f"{source.label}: weight: a seeded share of a streamed dataset cannot be drawn; remove "
                             "weight or set streaming: false")

@@ -1,6 +1,10 @@
 """axolotl config keys -> sft recipe keys. Keys not listed here or handled in `convert` keep their name when sft
 knows it (axolotl passes many TrainingArguments names through: learning_rate, weight_decay, logging_steps...)."""
 
+import re
+
+from sft.migrate import axolotl_data
+
 # Keys only axolotl configs have: two of them (or base_model) mark a file as axolotl's.
 MARKERS = ("base_model", "micro_batch_size", "sequence_len", "num_epochs", "lora_target_linear", "val_set_size",
            "sample_packing", "adapter")
@@ -45,29 +49,22 @@ UNSUPPORTED = {
     "loss_watchdog_patience": "sft stops on a loss that is not finite (NaN or inf), not above a threshold",
     "lora_model_dir": "sft starts a new adapter; to train an adapter further, merge it first (`sft merge`)",
     "lora_fan_in_fan_out": "PEFT detects Conv1D layers itself",
-    "xformers_attention": "use attn_implementation: sdpa (or flash_attention_2 with flash-attn installed)",
     "save_first_step": "not supported; save_steps and save_strategy decide when checkpoints are written",
-    "fsdp": "sft's launch profiles cover DDP and DeepSpeed ZeRO (`sft launch --profile`), not FSDP",
-    "fsdp_config": "sft's launch profiles cover DDP and DeepSpeed ZeRO (`sft launch --profile`), not FSDP",
     "wandb_watch": "gradient logging is not configured by sft; set the WANDB_WATCH environment variable (env:)",
     "wandb_log_model": "set the WANDB_LOG_MODEL environment variable (env:) if you want checkpoints uploaded",
     "default_system_message": "sft does not add a system turn; put one in the data",
     "tokens": "sft adds only the tokens a built-in chat_template needs; add others to the tokenizer first",
-    "unfrozen_parameters": "use method: freeze with trainable_modules (regexes) instead",
     "push_dataset_to_hub": "not supported: sft pushes models (push_to_hub), not prepared data",
+    "debug": "axolotl's debug logs tokenized examples; `sft preview RECIPE` shows them rendered, with their masks",
 }
-
-# Dataset `type` -> sft format.
-DATASET_TYPES = {"alpaca": "instruction", "chat_template": "chat", "sharegpt": "sharegpt", "completion": "text"}
-
 
 def convert(data: dict, migration) -> None:
     """The keys whose meaning or shape differs; each is reported through `migration`."""
     method(data, migration)
     if "lora_target_linear" in data or "lora_target_modules" in data:
         lora_targets(data, migration)
-    if "datasets" in data:
-        datasets(data, migration)
+    if "datasets" in data or "pretraining_dataset" in data:
+        axolotl_data.datasets(data, migration)
     if "chat_template" in data or "chat_template_jinja" in data:
         chat_template(data, migration)
     precision(data, migration)
@@ -85,6 +82,8 @@ def convert(data: dict, migration) -> None:
     trackers(data, migration)
     if "deepspeed" in data:
         migration.deepspeed("deepspeed", data["deepspeed"])
+    if "fsdp" in data or "fsdp_config" in data:
+        migration.fsdp("fsdp" if "fsdp" in data else "fsdp_config", data.get("fsdp"), data.get("fsdp_config"))
     if "cosine_min_lr_ratio" in data:
         migration.set("cosine_min_lr_ratio", {"lr_scheduler_type": "cosine_with_min_lr",
                                               "lr_scheduler_kwargs": {"min_lr_rate": data["cosine_min_lr_ratio"]}})
@@ -100,14 +99,33 @@ def method(data: dict, migration) -> None:
         chosen = {"method": "qlora"}
     elif adapter == "lora":
         chosen = {"method": "lora", **({"load_in_8bit": True} if eight_bit else {})}
+    elif data.get("unfrozen_parameters"):
+        unfrozen(data["unfrozen_parameters"], migration)
+        return
     else:
         chosen = {"method": "full"}
     migration.set("adapter" if adapter else "(no adapter)", chosen)
+    if "unfrozen_parameters" in data:
+        migration.skip("unfrozen_parameters", f"adapter {adapter}: axolotl trains the adapter; sft freezes no "
+                                              "further parameters")
     for key in ("load_in_4bit", "load_in_8bit"):
         if key in data:
             migration.note(key, f"read into method: {chosen['method']}")
     if not adapter and (four_bit or eight_bit):
         migration.skip("load_in_4bit" if four_bit else "load_in_8bit", "a quantized base needs an adapter")
+
+
+def unfrozen(patterns, migration) -> None:
+    """axolotl trains only the parameters matching these regexes (src/axolotl/utils/freeze.py); sft's freeze method
+    trains the parameters matching trainable_modules the same way. A row range ("embed_tokens.weight$[:32000]")
+    trains part of a tensor: sft trains the whole tensor, and says so."""
+    patterns = [str(p) for p in ([patterns] if isinstance(patterns, str) else patterns)]
+    whole = [re.sub(r"\[\d*:\d*\]\s*$", "", p) for p in patterns]
+    ranged = [p for p, w in zip(patterns, whole) if p != w]
+    why = "only the parameters these patterns match are trained, the rest frozen"
+    if ranged:
+        why += f"; {', '.join(ranged)}: sft trains the whole tensor, not the row range"
+    migration.set("unfrozen_parameters", {"method": "freeze", "trainable_modules": whole}, why)
 
 
 def lora_targets(data: dict, migration) -> None:
@@ -123,73 +141,10 @@ def lora_targets(data: dict, migration) -> None:
         migration.note("lora_target_linear", "false: the listed lora_target_modules only")
 
 
-def message_columns(entry: dict) -> tuple[str, str, str]:
-    """(messages column, role field, content field) of a chat_template dataset."""
-    mappings = entry.get("message_property_mappings") or {}
-    role = mappings.get("role", entry.get("message_field_role", "role"))
-    content = mappings.get("content", entry.get("message_field_content", "content"))
-    return entry.get("field_messages", "messages"), role, content
-
-
-def dataset_source(entry: dict, number: int, migration) -> dict | None:
-    """One `datasets:` entry as an sft source {path, name, split, data_files, format, column_mapping}, or None."""
-    where = f"datasets[{number}]"
-    if not isinstance(entry, dict) or not entry.get("path"):
-        migration.skip(where, "each entry needs a path")
-        return None
-    kind = entry.get("type", "alpaca")
-    if isinstance(kind, dict) or kind not in DATASET_TYPES:
-        migration.skip(where, f"axolotl prompt format {kind!r} has no sft equivalent; convert the data to chat "
-                              "(messages), sharegpt, instruction, prompt/completion or text rows")
-        return None
-    source = {"path": entry["path"], "format": DATASET_TYPES[kind]}
-    if entry.get("ds_type") and entry.get("data_files"):  # e.g. path: my/folder, ds_type: json, data_files: x.jsonl
-        source.update(path=entry["ds_type"], data_files=entry["data_files"])
-    for theirs, ours in (("name", "name"), ("split", "split")):
-        if entry.get(theirs):
-            source[ours] = entry[theirs]
-    if kind in ("chat_template", "sharegpt"):
-        column, role, content = message_columns(entry)
-        if kind == "sharegpt" and "field_messages" not in entry:
-            column = "conversations"
-        if (role, content) == ("from", "value"):
-            source["format"], target = "sharegpt", "conversations"
-        elif (role, content) == ("role", "content"):
-            source["format"], target = "chat", "messages"
-        else:
-            migration.skip(where, f"messages with fields {role!r}/{content!r}: sft reads role/content (chat) or "
-                                  "from/value (sharegpt); rename them in the data")
-            return None
-        if column != target:
-            source["column_mapping"] = {column: target}
-        roles = entry.get("roles_to_train")
-        if roles not in (None, ["assistant"], ["gpt"]):
-            migration.skip(f"{where}.roles_to_train", f"{roles}: sft trains assistant turns (loss_mode: assistant) "
-                                                      "or everything (loss_mode: all)")
-        if entry.get("train_on_eos") not in (None, "turn"):
-            migration.skip(f"{where}.train_on_eos", "sft trains the end-of-turn token of every trained turn")
-    if kind == "completion" and entry.get("field", "text") != "text":
-        source["column_mapping"] = {entry["field"]: "text"}
-    handled = {"path", "type", "ds_type", "data_files", "name", "split", "field_messages", "message_property_mappings",
-               "message_field_role", "message_field_content", "roles_to_train", "train_on_eos", "field"}
-    for key in entry:
-        if key not in handled:
-            migration.skip(f"{where}.{key}", "no sft equivalent for this dataset option")
-    return source
-
-
-def datasets(data: dict, migration) -> None:
-    entries = data["datasets"] if isinstance(data["datasets"], list) else [data["datasets"]]
-    sources = [s for n, entry in enumerate(entries) if (s := dataset_source(entry, n, migration))]
-    migration.sources("datasets", sources)
-    if any(e.get("type", "alpaca") == "alpaca" for e in entries if isinstance(e, dict)):
-        migration.set("datasets[].type: alpaca", {"instruction_template": "alpaca"},
-                      "the Alpaca prompt, as axolotl renders it")
-
-
 def chat_template(data: dict, migration) -> None:
     """axolotl's template names that sft has built in (same name, same format) map; tokenizer_default is the
     model's own."""
+    from sft.migrate.templates import family_template
     from sft.templates.chat import BUILTIN_TEMPLATES
 
     if data.get("chat_template_jinja"):
@@ -201,6 +156,12 @@ def chat_template(data: dict, migration) -> None:
         migration.note("chat_template", "the model's own template (sft's default)")
     elif name in BUILTIN_TEMPLATES:
         migration.set("chat_template", {"chat_template": name}, "sft's built-in of the same name")
+    elif family := family_template(name):
+        values, why = family
+        if values:
+            migration.set("chat_template", values, why)
+        else:
+            migration.note("chat_template", why)
     else:
         migration.skip("chat_template", f"{name!r} is not an sft built-in ({', '.join(BUILTIN_TEMPLATES)}); "
                                             "sft uses the "
@@ -218,13 +179,29 @@ def precision(data: dict, migration) -> None:
 
 
 def schedule(data: dict, migration) -> None:
-    """warmup_ratio, and evals/saves per epoch as fractions of the whole run (what TrainingArguments reads)."""
+    """axolotl's schedule defaults, warmup_ratio, and evals/saves per epoch as fractions of the whole run (what
+    TrainingArguments reads)."""
+    if "lr_scheduler" not in data and "cosine_min_lr_ratio" not in data:
+        # axolotl's config schema: lr_scheduler defaults to "cosine" (TRL's default is linear).
+        migration.set("(lr_scheduler unset)", {"lr_scheduler_type": "cosine"}, "axolotl's default")
     if "warmup_ratio" in data:
         migration.set("warmup_ratio", {"warmup_steps": data["warmup_ratio"]}, "a float below 1 is a ratio")
+    elif "warmup_steps" not in data:
+        # axolotl's trainer builder: warmup_steps = min(int(0.03 * total_num_steps), 100) when neither is set.
+        migration.set("(warmup_steps unset)", {"warmup_steps": 0.03},
+                      "axolotl's default: 3% of the steps, which axolotl caps at 100; sft does not cap it, so runs "
+                      "over 3,333 steps warm up longer: set warmup_steps: 100 for those")
     epochs = data.get("num_epochs", 1)
     if "num_epochs" not in data:
         migration.set("(num_epochs unset)", {"num_train_epochs": 1}, "axolotl's default")
     evals = data.get("evals_per_epoch")
+    if data.get("eval_steps") and "eval_strategy" not in data:
+        if data.get("val_set_size"):
+            # axolotl evaluates every eval_steps when there is an eval split (val_set_size > 0).
+            migration.set("eval_steps", {"eval_strategy": "steps", "eval_steps": data["eval_steps"]},
+                          "axolotl evaluates every eval_steps on the val_set_size split")
+        else:
+            migration.skip("eval_steps", "val_set_size is 0: there is no eval split to evaluate")
     if evals:
         if not data.get("val_set_size"):
             migration.skip("evals_per_epoch", "val_set_size is 0: there is no eval split to evaluate")
@@ -248,6 +225,14 @@ def special_tokens(tokens: dict, migration) -> None:
 
 
 def attention(data: dict, migration) -> None:
+    """axolotl's attention switches; xformers (not an attention transformers has) becomes sdpa, PyTorch's
+    memory-efficient attention."""
+    for key in ("xformers_attention", "attn_implementation"):
+        if data.get(key) in (True, "xformers"):
+            migration.set(key, {"attn_implementation": "sdpa"}, "xformers is not in transformers; sdpa is PyTorch's "
+                                                                 "memory-efficient attention, the same computation")
+    if data.get("xformers_attention") is False:
+        migration.note("xformers_attention", "false: not used")
     if data.get("flash_attention"):
         migration.set("flash_attention", {"attn_implementation": "flash_attention_2"})
     if data.get("sdp_attention"):

@@ -105,6 +105,25 @@ class Migration:
         self.note(their_key, f"the launch profile {profile}: `sft launch RECIPE --profile {profile}`")
 
 
+    def fsdp(self, their_key: str, options, config) -> None:
+        """FSDP options (`full_shard auto_wrap`, as a string or list) and their config become the fsdp2 launch
+        profile, which shards weights, gradients and optimizer states as full_shard does."""
+        options = str(options).split() if isinstance(options, str) else [str(o) for o in options or []]
+        settings = config if isinstance(config, dict) else {}
+        if "offload" in options or any("offload" in k and v for k, v in settings.items()):
+            self.skip(their_key, "CPU offload: sft's FSDP profiles keep everything on the GPUs; the zero3_offload "
+                                 "profile offloads (`sft launch RECIPE --profile zero3_offload`)")
+        elif options and not {"full_shard", "hybrid_shard"} & set(options):
+            self.skip(their_key, f"{' '.join(options)}: sft's FSDP profile shards the weights too (full_shard); for "
+                                 "gradients and optimizer states only, use `sft launch RECIPE --profile zero2`")
+        else:
+            self.launch_profile = "fsdp2_qlora" if self.recipe.get("method") == "qlora" else "fsdp2"
+            self.note(their_key, f"the launch profile {self.launch_profile} (PyTorch FSDP2, fully sharded): `sft "
+                                 f"launch RECIPE --profile {self.launch_profile}`")
+        if their_key != "fsdp_config" and config:
+            self.note("fsdp_config", f"read with {their_key}")
+
+
 def zero_profile(config, base_dir: Path, method: str | None) -> str | None:
     """The launch profile for a DeepSpeed config: its zero_optimization when the file is here, else its name
     (ds_z3_config.json, zero3_bf16_cpuoffload_all.json...)."""
@@ -174,13 +193,19 @@ def check_values(migration: Migration) -> None:
     """Every mapped value through the recipe loader's own key and type checks (which hold fields typed `Enum | str`,
     such as optim and lr_scheduler_type, to the enum's values). One that fails is moved to the unmapped keys with
     the reason, so the written recipe loads."""
+    from sft.capabilities import installed_modules, unusable_request
     from sft.recipe.coercion import check_keys
 
+    installed = installed_modules()
     for key in list(migration.recipe):
         try:
             [checked] = check_keys({key: migration.recipe[key]}, lambda k: "value", []).values()
         except UserError as err:
             migration.unset(key, str(err).removeprefix("value: "))  # "'optim' must be one of ..., got '...'"
+            continue
+        problem = unusable_request({key: checked}, installed)  # what `sft train` would refuse
+        if problem:
+            migration.unset(key, problem)
             continue
         if isinstance(checked, (bool, int, float, str)):
             migration.recipe[key] = checked  # e.g. YAML's string 1e-4 as the number it means

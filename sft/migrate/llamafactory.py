@@ -24,13 +24,11 @@ RENAMED = {
 }
 
 UNSUPPORTED = {
-    "max_samples": "sft trains on every row; cut the data file to train on fewer",
     "preprocessing_num_workers": "sft prepares data itself and caches the result; there is no worker count",
     "plot_loss": "`sft report OUTPUT_DIR` plots the loss (and more) after the run",
     "eval_dataset": "sft evaluates on a split of the training data (test_split_size, from val_size)",
     "mix_strategy": "sft concatenates the datasets (or mixes them by `fraction` in datasets:)",
     "interleave_probs": "use `fraction` on each entry of datasets: instead",
-    "tokenized_path": "sft caches tokenized data itself (under $SFT_CACHE_DIR, default the datasets cache)",
     "use_unsloth": "not supported",
     "neat_packing": "use packing: true with padding_free: true (examples do not attend to each other)",
     "export_dir": "`sft merge OUTPUT_DIR` writes the merged model after training",
@@ -59,6 +57,21 @@ def convert(data: dict, migration) -> None:
         migration.note("dataset_dir", "read for dataset_info.json")
     if "template" in data:
         template(data["template"], migration)
+    if "max_samples" in data:
+        max_samples(data, migration)
+    if "tokenized_path" in data:
+        tokenized_path(data, migration)
+    if "fsdp" in data or "fsdp_config" in data:
+        migration.fsdp("fsdp" if "fsdp" in data else "fsdp_config", data.get("fsdp"), data.get("fsdp_config"))
+    if "disable_gradient_checkpointing" in data:
+        # LLaMA-Factory's ModelArguments: checkpointing is on unless disable_gradient_checkpointing (TRL's default too).
+        migration.set("disable_gradient_checkpointing",
+                      {"gradient_checkpointing": not data["disable_gradient_checkpointing"]})
+    if "learning_rate" not in data:
+        # LLaMA-Factory passes transformers' TrainingArguments through: learning_rate defaults to 5e-5 there (TRL's
+        # SFTConfig, and so sft, defaults to 2e-5).
+        migration.set("(learning_rate unset)", {"learning_rate": 5e-5}, "transformers' default, which "
+                                                                        "LLaMA-Factory trains with")
     if "cutoff_len" not in data:
         migration.set("(cutoff_len unset)", {"max_length": 2048}, "LLaMA-Factory's default")
     if "warmup_ratio" in data:
@@ -212,11 +225,50 @@ def datasets(data: dict, migration) -> None:
     migration.sources("dataset", sources)
 
 
+def max_samples(data: dict, migration) -> None:
+    """LLaMA-Factory's DataArguments.max_samples keeps the first N rows of each dataset (its loader selects
+    range(max_samples)): each source's split sliced, "train[:N]"."""
+    count = data["max_samples"]
+    sliced = [k for k in ("dataset_name", "dataset_train_split") if k in migration.recipe] or (
+        ["datasets"] if "datasets" in migration.recipe else [])
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        migration.skip("max_samples", f"{count!r}: a positive number of rows was expected")
+    elif not sliced:
+        migration.skip("max_samples", f"no dataset was mapped; set the split of your data source to train[:{count}]")
+    elif "datasets" in migration.recipe:
+        sources = [{**s, "split": f"{s.get('split', 'train')}[:{count}]"} for s in migration.recipe["datasets"]]
+        migration.set("max_samples", {"datasets": sources}, f"the first {count} rows of each dataset")
+    else:
+        split = migration.recipe.get("dataset_train_split", "train")
+        migration.set("max_samples", {"dataset_train_split": f"{split}[:{count}]"}, f"the first {count} rows")
+
+
+def tokenized_path(data: dict, migration) -> None:
+    """LLaMA-Factory loads tokenized data from tokenized_path when it is there; when it is not, it tokenizes, saves
+    the data there and exits without training (its data loader). sft caches prepared data itself."""
+    folder = Path(str(data["tokenized_path"]))
+    if folder.exists() or (migration.base_dir / folder).exists():
+        migration.note("tokenized_path", "the data LLaMA-Factory saved; sft prepares the datasets itself and caches "
+                                         "them")
+        return
+    from sft.errors import UserError
+
+    raise UserError(f"{migration.source}: tokenized_path {folder} does not exist yet, so this config only tokenizes "
+                    "and saves the data, without training; sft prepares and caches data with `sft check RECIPE`. "
+                    "Remove tokenized_path to migrate the training run")
+
+
 def template(name: str, migration) -> None:
+    from sft.migrate.templates import family_template
     from sft.templates.chat import BUILTIN_TEMPLATES
 
+    family = family_template(name)
     if name in BUILTIN_TEMPLATES:
         migration.set("template", {"chat_template": name}, "sft's built-in of the same name")
+    elif family and family[0]:
+        migration.set("template", *family)
+    elif family:
+        migration.note("template", family[1])
     elif name in ("empty", "default"):
         migration.skip("template", f"{name}: sft trains with a chat template (the model's own or chat_template)")
     else:

@@ -5,7 +5,7 @@ import os
 # Values chosen here for this machine; the resolved recipe writes the recipe's own (or leaves them out), so it
 # asks for the same on other hardware.
 HARDWARE_KEYS = ("bf16", "fp16", "ddp_backend", "use_cpu", "dtype", "attn_implementation", "use_liger_kernel",
-                 "padding_free")  # the last three: sft/capabilities.py's CPU fallbacks
+                 "padding_free", "tf32")  # the last four: sft/capabilities.py's fallbacks
 
 
 def has_gpu() -> bool:

@@ -305,14 +305,15 @@ def test_llamafactory_qlora_with_dataset_info_migrates_and_trains(tiny_model, tm
         "model_name_or_path": str(tiny_model), "trust_remote_code": True, "method": "qlora", "lora_r": 4,
         "lora_alpha": 8, "lora_dropout": 0.0, "lora_target_modules": ["q_proj", "v_proj"],
         "datasets": [{"path": "data/alpaca_qa.json", "format": "instruction",
-                      "column_mapping": {"question": "instruction", "context": "input", "answer": "output"}},
+                      "column_mapping": {"question": "instruction", "context": "input", "answer": "output"},
+                      "split": "train[:1000]"},
                      {"path": "data/dialogs.json", "format": "sharegpt",
-                      "column_mapping": {"dialog": "conversations"}}],
+                      "column_mapping": {"dialog": "conversations"}, "split": "train[:1000]"}],
         "max_length": 256, "output_dir": f"{tmp_path}/llamafactory-run", "num_train_epochs": 3.0,
         "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 0.0001,
         "lr_scheduler_type": "cosine", "warmup_steps": 0.1, "bf16": True, "resume": False,
         "dataloader_num_workers": 0, "logging_steps": 1.0, "save_steps": 500.0, "save_only_model": False,
-        "report_to": "none", "ddp_timeout": 180000000,
+        "report_to": "none", "ddp_timeout": 180000000, "chat_template_kwargs": {"enable_thinking": False},
     }
     mapped = section(lines, "mapped")
     for line in ["finetuning_type -> method: qlora",
@@ -325,9 +326,6 @@ def test_llamafactory_qlora_with_dataset_info_migrates_and_trains(tiny_model, tm
                  "deepspeed -> (the launch profile zero3_qlora: `sft launch RECIPE --profile zero3_qlora`)"]:
         assert line in mapped
     assert section(lines, "not mapped") == [
-        "template: 'qwen3_nothink' is LLaMA-Factory's own template name; sft renders with the model's own chat "
-        "template (or set chat_template: a built-in name or a .jinja file)",
-        "max_samples: sft trains on every row; cut the data file to train on fewer",
         "preprocessing_num_workers: sft prepares data itself and caches the result; there is no worker count",
         "plot_loss: `sft report OUTPUT_DIR` plots the loss (and more) after the run"]
     assert "launch: sft launch recipe.yaml --profile zero3_qlora" in lines
@@ -344,7 +342,7 @@ def test_llamafactory_freeze_without_dataset_info_and_other_stages(tmp_path):
                       "deepspeed: examples/deepspeed/ds_z2_config.json\nfp16: true\ngradient_checkpointing: yes\n"
                       "val_size: 0.1\nsome_new_option: 3\n")
     migration = migrate_config(str(config))
-    assert migration.recipe == {"method": "freeze", "trainable_layers": 1, "max_length": 2048,
+    assert migration.recipe == {"method": "freeze", "trainable_layers": 1, "learning_rate": 5e-5, "max_length": 2048,
                                 "model_name_or_path": "some/model", "fp16": True, "gradient_checkpointing": True,
                                 "test_split_size": 0.1}
     assert migration.launch_profile == "zero2"
@@ -406,7 +404,8 @@ def test_migrate_refuses_to_overwrite(tmp_path):
     assert config.read_text() == "base_model: some/model\nmicro_batch_size: 2\n"
     run_cli("migrate", config, "-o", existing, "--force", check=True)
     assert yaml.safe_load(existing.read_text()) == {"model_name_or_path": "some/model", "method": "full",
-                                                    "per_device_train_batch_size": 2, "num_train_epochs": 1.0}
+                                                    "per_device_train_batch_size": 2, "lr_scheduler_type": "cosine",
+                                                    "warmup_steps": 0.03, "num_train_epochs": 1.0}
 
 
 def test_migrate_refuses_a_file_of_no_other_tool(tmp_path):
