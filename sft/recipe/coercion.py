@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.errors import UserError
-from sft.recipe.fields import RENAMED_KEYS, RENAMED_VALUES, extended_entry_type, known_fields
+from sft.recipe.fields import RENAMED_KEYS, RENAMED_VALUES, extended_entry_type, known_fields, value_range
 from sft.templates.chat import is_inline_jinja
 
 
@@ -144,6 +144,9 @@ def check_keys(values: dict, where: typing.Callable[[str], str], notes: list, op
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise UserError(f"{where(key)}: {shown} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        allowed = value_range(key, f)
+        if allowed and not allowed.allows(value):
+            raise UserError(f"{where(key)}: {key} must be {allowed.describe(isinstance(value, int))}, got {value!r}")
         checked[key] = value
     return checked
 

@@ -5,6 +5,7 @@ loaded or written besides the recipe file itself.
 """
 
 import os
+import re
 from pathlib import Path
 
 from sft.errors import UserError
@@ -52,18 +53,24 @@ def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = ()
     for key, value in values.items():
         for section, _, _ in table[key]:
             sections[section][key] = value
+
+    def where(key):
+        return ("command line" if key in from_command_line else f"{recipe_file.display}:{lines[key]}" if key in lines
+                else recipe_file.display)
+
     built = {}
     for section, cls in recipe_dataclasses().items():
-        try:
+        try:  # the dataclasses' own checks (TrainingArguments' __post_init__): one line naming the key they name
             built[section] = cls(**sections[section])
         except (ValueError, TypeError) as err:
             message = one_line(str(err)) or type(err).__name__
-            raise UserError(f"{recipe_file.display}: invalid settings: {message}") from err
+            named = sorted((m.start(), k) for k in explicit if (m := re.search(rf"\b{re.escape(k)}\b", message)))
+            shown = where(named[0][1]) if named else recipe_file.display  # the key the message names first
+            raise UserError(f"{shown}: invalid settings: {message}") from err
     if built["model"].model_name_or_path is None:
         raise UserError(f"{recipe_file.display}: missing key 'model_name_or_path' (a local model folder or a Hub "
                         "name)")
     recipe = Recipe(**built, source=recipe_file.display, base_dir=recipe_file.base_dir, explicit=explicit, notes=notes,
                     command_line=frozenset(from_command_line), provenance=provenance)
-    check_values(recipe, lambda k: "command line" if k in from_command_line
-                 else f"{recipe_file.display}:{lines[k]}" if k in lines else recipe_file.display, from_command_line)
+    check_values(recipe, where, from_command_line)
     return recipe
