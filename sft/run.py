@@ -95,11 +95,9 @@ def checked_trainer(recipe):
 
     from sft.train.callbacks import trackers_last
     from sft.templates.chat import apply_template
-    from sft.train.checkpoints import refuse_finished, resume_checkpoint
     from sft.data.prepare import prepare_data
     from sft.train.locking import lock_output_dir_on_all_ranks
-    from sft.model import check_model_source, load_model, load_tokenizer, peft_config
-    from sft.recipe.checks import check_lora_targets
+    from sft.model import check_against_model, check_model_source, load_model, load_tokenizer, peft_config
 
     # 2. Tokenizer and chat template.
     check_model_source(recipe)
@@ -109,13 +107,9 @@ def checked_trainer(recipe):
     # 3. Data: every row read, rendered, tokenized and masked (errors name file and row); `sft check` runs the same.
     data = prepare_data(recipe, tokenizer)
 
-    # 4. The model for the chosen method, and where to resume from: a run that already reached its end is left as
-    #    it is (checked last, so that any other bad input is named first).
+    # 4. The model for the chosen method, and where to resume from (`sft check` runs the same checks).
     model = load_model(recipe, tokenizer, added_tokens)
-    check_lora_targets(model, recipe)
-    resume_from = resume_checkpoint(recipe)
-    if resume_from:
-        refuse_finished(resume_from, recipe)
+    resume_from = check_against_model(recipe, model)
 
     # 5. The trainer, and output_dir for this run alone (a second run into it stops here, naming this one).
     callbacks, stop = run_callbacks(recipe, tokenizer, data.eval_rows)

@@ -13,12 +13,18 @@ def command(args):
     to `sft train`: RECIPE or --config RECIPE, or keys alone, then --key value overrides."""
     from sft.data.prepare import prepare_data, recipe_tokenizer
     from sft.errors import EXIT_BAD_INPUT
+    from sft.model import check_against_model, meta_model
     from sft.recipe.command_line import split_command_line
+    from sft.recipe.finalize import push_request
     from sft.recipe.load import load_recipe
 
+    # The checks `sft train` runs before training, in its order; the model is built on the meta device.
     loaded = load_recipe(*split_command_line(args))
+    push_request(loaded)
     tokenizer = recipe_tokenizer(loaded)
     data = prepare_data(loaded, tokenizer, strict=False)
+    if not data.problems:
+        check_against_model(loaded, meta_model(loaded))
     for line in summary_lines(data, loaded):
         click.echo(line)
     if data.problems:
