@@ -16,17 +16,18 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 
 def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    from sft.recipe.load import load_recipe
+
+    # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision); first, before the
+    #    imports below (seconds), so that a typo is reported at once.
+    recipe = load_recipe(recipe_address, overrides)
     from sft.train.checkpoints import save_final
     from sft.console import QuietChecks, say
     from sft.masks.plan import generation_stop_tokens
     from sft.masks.spans import end_of_turn_token
     from sft.recipe.finalize import finalize_run
-    from sft.recipe.load import load_recipe
     from sft.recipe.resolved import write_resolved
     from sft.train.storage import storage_errors_named
-
-    # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
-    recipe = load_recipe(recipe_address, overrides)
     from sft.train.hardware import under_launcher
 
     if (recipe.sft.accelerate_config or (recipe.sft.num_processes or 1) > 1) and not under_launcher():

@@ -11,15 +11,17 @@ def command(args):
     token-length percentiles, share of tokens trained, truncated and dropped examples. Exit 0 when the run would
     start, 2 with the reasons when it would not. The tokenized data is cached for the run. The recipe is given as
     to `sft train`: RECIPE or --config RECIPE, or keys alone, then --key value overrides."""
+    from sft.recipe.command_line import split_command_line
+    from sft.recipe.load import load_recipe
+
+    # The checks `sft train` runs before training, in its order (the recipe first, before the imports below take
+    # seconds); the model is built on the meta device.
+    loaded = load_recipe(*split_command_line(args))
     from sft.data.prepare import prepare_data, recipe_tokenizer
     from sft.errors import EXIT_BAD_INPUT
     from sft.model import check_against_model, meta_model
-    from sft.recipe.command_line import split_command_line
     from sft.recipe.finalize import push_request
-    from sft.recipe.load import load_recipe
 
-    # The checks `sft train` runs before training, in its order; the model is built on the meta device.
-    loaded = load_recipe(*split_command_line(args))
     push_request(loaded)
     tokenizer = recipe_tokenizer(loaded)
     data = prepare_data(loaded, tokenizer, strict=False)

@@ -262,9 +262,10 @@ def known_fields() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
 
 
 
-def field_type(key: str):
-    """The type of the field a recipe key (or its old name) sets; None for a key no field has."""
-    fields = known_fields().get(RENAMED_KEYS.get(key, key))
+def field_type(key: str, table: dict | None = None):
+    """The type of the field a recipe key (or its old name) sets; None for a key no field has. `table`: a
+    known_fields() table (default: from the imported dataclasses)."""
+    fields = (known_fields() if table is None else table).get(RENAMED_KEYS.get(key, key))
     return fields[0][2] if fields else None
 
 

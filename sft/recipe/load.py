@@ -17,6 +17,7 @@ from sft.recipe.fields import (PATH_KEYS, RENAMED_VALUES, SFT_DEFAULTS, Recipe, 
                                recipe_dataclasses)
 from sft.recipe.finalize import finalize_values
 from sft.recipe.reading import RecipeFile, locate, read_yaml_with_lines
+from sft.recipe.schema import fast_fields
 
 
 def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = (),
@@ -24,16 +25,21 @@ def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = ()
     """Read, check and build a recipe (None: every key from the command line, as `trl sft --model_name_or_path M
     ...`). Nothing is loaded or written besides the recipe file itself."""
     if address is None:
-        recipe_file, data, lines = RecipeFile(path=None, display="command line", base_dir=Path.cwd()), {}, {}
+        recipe_file, data, lines, texts = RecipeFile(path=None, display="command line", base_dir=Path.cwd()), {}, {}, {}
     else:
         recipe_file = locate(address)
         data, lines = read_yaml_with_lines(recipe_file)
         refuse_foreign_config(data, recipe_file.display)  # an axolotl or LLaMA-Factory file: point to `sft migrate`
-        data = as_written_for_text_fields(data, plain_scalar_texts(recipe_file.path.read_text()), field_type)
+        texts = plain_scalar_texts(recipe_file.path.read_text())
+
+    def line_of(key):
+        return f"{recipe_file.display}:{lines.get(key, 1)}"
+
+    fast = fast_fields()
+    if fast is not None:  # typos and bad simple values, before TRL is imported (seconds)
+        checked_keys(data, texts, overrides, line_of, [], fast)
     notes: list[str] = []
-    values = check_keys(data, lambda k: f"{recipe_file.display}:{lines.get(k, 1)}", notes)
-    typed = typed_overrides(overrides, field_type, untyped_keys=RENAMED_VALUES)
-    from_command_line = check_keys(typed, lambda k: "command line", notes, option_style=True)
+    values, from_command_line = checked_keys(data, texts, overrides, line_of, notes)
     values.update(from_command_line)
     provenance = values.pop("provenance", None)  # an earlier run's resolved recipe
 
@@ -74,3 +80,16 @@ def load_recipe(address: str | None, overrides: list[str] | tuple[str, ...] = ()
                     command_line=frozenset(from_command_line), provenance=provenance)
     check_values(recipe, where, from_command_line)
     return recipe
+
+
+def checked_keys(data: dict, texts: dict, overrides, where, notes: list,
+                 table: dict | None = None) -> tuple[dict, dict]:
+    """(the recipe's and the command line's values, the command line's alone), keys and types checked against
+    `table` (default: the imported dataclasses)."""
+    def type_of(key):
+        return field_type(key, table)
+
+    values = check_keys(as_written_for_text_fields(data, texts, type_of), where, notes, table=table)
+    typed = typed_overrides(overrides, type_of, untyped_keys=RENAMED_VALUES)
+    from_command_line = check_keys(typed, lambda k: "command line", notes, option_style=True, table=table)
+    return values, from_command_line
