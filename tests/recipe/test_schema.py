@@ -13,8 +13,8 @@ from sft.recipe.fields import known_fields
 from tests.conftest import REPO
 
 
-def _has_any(tp) -> bool:
-    return tp is typing.Any or any(_has_any(a) for a in typing.get_args(tp))
+def _has_opaque(tp) -> bool:
+    return isinstance(tp, schema._Opaque) or any(_has_opaque(a) for a in typing.get_args(tp))
 
 
 def test_keys_sections_and_types_match_the_imported_dataclasses(tmp_path, monkeypatch):
@@ -25,12 +25,16 @@ def test_keys_sections_and_types_match_the_imported_dataclasses(tmp_path, monkey
     for key, places in real.items():
         assert [s for s, _, _ in fast[key]] == [s for s, _, _ in places], key
         fast_type, real_type = fast[key][0][2], places[0][2]
-        if not _has_any(fast_type):  # an enum or torch type reads as Any without the import
+        if not _has_opaque(fast_type):  # an enum or torch type is a name alone without the import
             assert fast_type == real_type, key
-    assert fast["eval_strategy"][0][2] == typing.Any | str  # IntervalStrategy | str
+        fast_field, real_field = fast[key][0][1], places[0][1]
+        assert fast_field.metadata.get("help") == real_field.metadata.get("help"), key
+    eval_strategy = typing.get_args(fast["eval_strategy"][0][2])  # IntervalStrategy | str
+    assert [t.__name__ for t in eval_strategy] == ["IntervalStrategy", "str"]
+    assert fast["learning_rate"][0][1].default == real["learning_rate"][0][1].default == 2e-05
     # Cached on disk, keyed by the packages' versions, and read back the same.
     (cached,) = tmp_path.glob("recipe-keys-trl*-transformers*.json")
-    assert json.loads(cached.read_text())["training"]["learning_rate"] == "float"
+    assert json.loads(cached.read_text())["training"]["learning_rate"]["type"] == "float"
     schema._raw_fields.cache_clear()
     assert set(schema.fast_fields()) == set(real)
 
@@ -62,3 +66,14 @@ def test_typo_or_bad_value_is_reported_before_trl_or_torch_is_imported(tmp_path,
     error, imported = proc.stdout.strip().splitlines()
     assert message in error
     assert imported == "[]"
+
+
+def test_help_all_is_read_without_importing_trl_or_torch():
+    code = ("import sys\nfrom sft.recipe.help import every_key_text\ntext = every_key_text()\n"
+            "print(sorted(m for m in ('trl', 'torch', 'transformers') if m in sys.modules))\n"
+            "print([line for line in text.splitlines() if line.startswith('  eval_strategy (')][0])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported, line = proc.stdout.splitlines()
+    assert imported == "[]"
+    assert line == "  eval_strategy (IntervalStrategy | str = 'no'): When to run evaluation."
