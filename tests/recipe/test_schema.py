@@ -77,3 +77,17 @@ def test_help_all_is_read_without_importing_trl_or_torch():
     imported, line = proc.stdout.splitlines()
     assert imported == "[]"
     assert line == "  eval_strategy (IntervalStrategy | str = 'no'): When to run evaluation."
+
+
+@pytest.mark.parametrize("command", [["train"], ["check"], ["preview"], ["launch", "--dry-run"],
+                                     ["plan", "--gpus", "1", "--gpu-memory", "80"]])
+def test_commands_report_a_typo_before_importing_trl_or_torch(tmp_path, command):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: m\noutput_dir: out\nlearning_rat: 1.0e-4\n")
+    argv = [command[0], str(recipe), *command[1:]]
+    code = (f"import sys\nsys.argv = ['sft', *{argv!r}]\nfrom sft.cli import main\ntry:\n    main()\n"
+            "except SystemExit as exit:\n    print('exit', exit.code)\n"
+            "print(sorted(m for m in ('trl', 'torch', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.stderr == f"error: {recipe}:3: unknown key 'learning_rat'; did you mean 'learning_rate'?\n"
+    assert proc.stdout.splitlines() == ["exit 2", "[]"]
