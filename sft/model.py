@@ -150,9 +150,41 @@ def load_model(recipe, tokenizer, added_tokens: list[str]):
         say(f"base loaded in {describe_quantization(quant)}")
     if added_tokens or len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def meta_model(recipe):
+    """The recipe's model built from its config on the meta device (no weights read, no memory), for `sft check`
+    to run the checks that need the model's module names."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    trust = recipe.training.trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(recipe.model.model_name_or_path, revision=recipe.model.model_revision,
+                                            trust_remote_code=trust)
+    except OSError as err:
+        raise UserError(f"{recipe.model.model_name_or_path}: cannot load the model's config: "
+                        f"{str(err).splitlines()[0]}") from err
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+
+
+def check_against_model(recipe, model) -> str | None:
+    """The last checks before training, run by `sft train` on the loaded model and by `sft check` on the meta
+    model: freeze sets which parameters train (and refuses patterns that match nothing), every LoRA target names a
+    module, and a run that already reached its end is left as it is (checked last, so that any other bad input is
+    named first). Returns the checkpoint to resume from."""
+    from sft.recipe.checks import check_lora_targets
+    from sft.train.checkpoints import refuse_finished, resume_checkpoint
+
     if recipe.sft.method == "freeze":
         freeze(model, recipe.sft.trainable_layers, recipe.sft.trainable_modules)
-    return model
+    check_lora_targets(model, recipe)
+    resume_from = resume_checkpoint(recipe)
+    if resume_from:
+        refuse_finished(resume_from, recipe)
+    return resume_from
 
 
 def freeze(model, trainable_layers: int | None, trainable_modules: list[str] | None) -> list[str]:

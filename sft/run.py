@@ -16,17 +16,18 @@ if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.pa
 
 
 def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    from sft.recipe.load import load_recipe
+
+    # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision); first, before the
+    #    imports below (seconds), so that a typo is reported at once.
+    recipe = load_recipe(recipe_address, overrides)
     from sft.train.checkpoints import save_final
     from sft.console import QuietChecks, say
     from sft.masks.plan import generation_stop_tokens
     from sft.masks.spans import end_of_turn_token
     from sft.recipe.finalize import finalize_run
-    from sft.recipe.load import load_recipe
     from sft.recipe.resolved import write_resolved
     from sft.train.storage import storage_errors_named
-
-    # 1. The recipe, checked against what this launch can do (ZeRO stage, world size, precision).
-    recipe = load_recipe(recipe_address, overrides)
     from sft.train.hardware import under_launcher
 
     if (recipe.sft.accelerate_config or (recipe.sft.num_processes or 1) > 1) and not under_launcher():
@@ -95,11 +96,9 @@ def checked_trainer(recipe):
 
     from sft.train.callbacks import trackers_last
     from sft.templates.chat import apply_template
-    from sft.train.checkpoints import refuse_finished, resume_checkpoint
     from sft.data.prepare import prepare_data
     from sft.train.locking import lock_output_dir_on_all_ranks
-    from sft.model import check_model_source, load_model, load_tokenizer, peft_config
-    from sft.recipe.checks import check_lora_targets
+    from sft.model import check_against_model, check_model_source, load_model, load_tokenizer, peft_config
 
     # 2. Tokenizer and chat template.
     check_model_source(recipe)
@@ -109,13 +108,9 @@ def checked_trainer(recipe):
     # 3. Data: every row read, rendered, tokenized and masked (errors name file and row); `sft check` runs the same.
     data = prepare_data(recipe, tokenizer)
 
-    # 4. The model for the chosen method, and where to resume from: a run that already reached its end is left as
-    #    it is (checked last, so that any other bad input is named first).
+    # 4. The model for the chosen method, and where to resume from (`sft check` runs the same checks).
     model = load_model(recipe, tokenizer, added_tokens)
-    check_lora_targets(model, recipe)
-    resume_from = resume_checkpoint(recipe)
-    if resume_from:
-        refuse_finished(resume_from, recipe)
+    resume_from = check_against_model(recipe, model)
 
     # 5. The trainer, and output_dir for this run alone (a second run into it stops here, naming this one).
     callbacks, stop = run_callbacks(recipe, tokenizer, data.eval_rows)

@@ -11,14 +11,22 @@ def command(args):
     token-length percentiles, share of tokens trained, truncated and dropped examples. Exit 0 when the run would
     start, 2 with the reasons when it would not. The tokenized data is cached for the run. The recipe is given as
     to `sft train`: RECIPE or --config RECIPE, or keys alone, then --key value overrides."""
-    from sft.data.prepare import prepare_data, recipe_tokenizer
-    from sft.errors import EXIT_BAD_INPUT
     from sft.recipe.command_line import split_command_line
     from sft.recipe.load import load_recipe
 
+    # The checks `sft train` runs before training, in its order (the recipe first, before the imports below take
+    # seconds); the model is built on the meta device.
     loaded = load_recipe(*split_command_line(args))
+    from sft.data.prepare import prepare_data, recipe_tokenizer
+    from sft.errors import EXIT_BAD_INPUT
+    from sft.model import check_against_model, meta_model
+    from sft.recipe.finalize import push_request
+
+    push_request(loaded)
     tokenizer = recipe_tokenizer(loaded)
     data = prepare_data(loaded, tokenizer, strict=False)
+    if not data.problems:
+        check_against_model(loaded, meta_model(loaded))
     for line in summary_lines(data, loaded):
         click.echo(line)
     if data.problems:

@@ -24,11 +24,12 @@ def command(args, count, as_json):
     differently (e.g. drops their reasoning), each turn is its own example ("split")."""
     import json
 
-    from sft.data.prepare import prepare_data, recipe_tokenizer
     from sft.recipe.command_line import split_command_line
     from sft.recipe.load import load_recipe
 
-    loaded = load_recipe(*split_command_line(args))
+    loaded = load_recipe(*split_command_line(args))  # before the imports below (seconds): a typo is named at once
+    from sft.data.prepare import prepare_data, recipe_tokenizer
+
     tokenizer = recipe_tokenizer(loaded)
     data = prepare_data(loaded, tokenizer, limit=max(count, 0))
     rows = data.train_full

@@ -13,7 +13,7 @@ OWN_KEYS = "\n".join(f"  {f.name}: {f.metadata.get('help', '')}" for f in datacl
 def print_every_key(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
-    from sft.recipe.help import every_key_text  # imports TRL: only when asked
+    from sft.recipe.help import every_key_text
 
     click.echo(every_key_text())
     ctx.exit(0)

@@ -2,11 +2,10 @@
 recipe is read: so a bad value fails as one line naming its key, and a previous run in output_dir stays as it was.
 
 TrainingArguments accepts a negative learning rate or a batch size of 0 and leaves torch, the DataLoader or the
-optimizer to fail mid-run; PEFT's LoraConfig rejects its own values, but only when the trainer builds it. Here
-LoraConfig is built from the recipe right away, and the remaining values are checked against what their consumer
-accepts.
+optimizer to fail mid-run; PEFT's LoraConfig rejects its own values, but only when the trainer builds it. Ranges
+of single values are checked as each key is read (sft/recipe/fields.py declares them); here come the checks that
+need the built recipe: LoraConfig built right away, keys of one method set under another, and output_dir.
 """
-
 import dataclasses
 import os
 import re
@@ -14,32 +13,13 @@ from pathlib import Path
 
 from sft.errors import UserError
 
-# key -> (test, what the value must be); None always passes (the library's default applies).
-POSITIVE = "a whole number greater than 0"
-VALUE_RULES = {
-    "per_device_train_batch_size": (lambda v: v > 0, POSITIVE),
-    "per_device_eval_batch_size": (lambda v: v > 0, POSITIVE),
-    "gradient_accumulation_steps": (lambda v: v > 0, POSITIVE),
-    "global_batch_size": (lambda v: v > 0, POSITIVE),
-    "max_length": (lambda v: v > 0, POSITIVE + " (or null for no limit)"),
-    "learning_rate": (lambda v: v >= 0, "0 or more"),
-    "weight_decay": (lambda v: v >= 0, "0 or more"),
-    "warmup_steps": (lambda v: v >= 0, "0 or more (a number of steps, or a ratio below 1)"),
-    "adam_epsilon": (lambda v: v >= 0, "0 or more"),
-    "adam_beta1": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
-    "adam_beta2": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
-    "num_train_epochs": (lambda v: v > 0, "greater than 0"),
-    "lora_r": (lambda v: v > 0, POSITIVE),
-    "lora_alpha": (lambda v: v > 0, "greater than 0"),
-    "lora_dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
-    "sample_every_n_steps": (lambda v: v > 0, POSITIVE),
-}
 # Step intervals matter only when their strategy is "steps"; 0 would save, log or evaluate never (or at every
 # step, depending on the library version) without saying so.
 STEP_INTERVALS = {"save_steps": "save_strategy", "logging_steps": "logging_strategy", "eval_steps": "eval_strategy"}
 # ModelConfig's LoRA keys: they do nothing unless a PEFT method is on.
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
              "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
+FREEZE_KEYS = ("trainable_layers", "trainable_modules")
 
 
 def one_line(message: str) -> str:
@@ -57,12 +37,6 @@ def check_values(recipe, where, command_line_keys=()) -> None:
     """Refuse values that would fail (or silently misbehave) only after training started. `where(key)` says
     where a key was set ("recipe.yaml:7" or "command line")."""
     training, model = recipe.training, recipe.model
-    for key, (ok, must_be) in VALUE_RULES.items():
-        if key in LORA_KEYS and not model.use_peft:
-            continue
-        value = _value(recipe, key)
-        if value is not None and not isinstance(value, bool) and not ok(value):
-            raise UserError(f"{where(key)}: {key} must be {must_be}, got {value!r}")
     for key, strategy_key in STEP_INTERVALS.items():
         strategy = getattr(getattr(training, strategy_key), "value", getattr(training, strategy_key))
         value = getattr(training, key)
@@ -76,23 +50,32 @@ def check_values(recipe, where, command_line_keys=()) -> None:
     method_switched = {"method", "use_peft", "load_in_4bit"} & set(command_line_keys)
     if model.use_peft:
         check_lora_config(recipe, where)
-    elif not method_switched:
-        # A value equal to ModelConfig's default is let through: the resolved recipe of a full run lists them all.
-        defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                    for f in dataclasses.fields(model)}
-        stray = [k for k in LORA_KEYS if k in recipe.explicit and recipe.explicit[k] != defaults.get(k)]
-        if stray:
-            raise UserError(f"{where(stray[0])}: {', '.join(stray)} set but method is {recipe.sft.method}, which "
-                            "trains no LoRA adapter; set method: lora (or qlora), or remove "
-                            f"{'it' if len(stray) == 1 else 'them'}")
+    if not method_switched:
+        refuse_unused(recipe, where, LORA_KEYS, model, model.use_peft, "trains no LoRA adapter",
+                      "set method: lora (or qlora)")
+        refuse_unused(recipe, where, FREEZE_KEYS, recipe.sft, recipe.sft.method == "freeze",
+                      "trains every weight of the model" if recipe.sft.method == "full" else "trains an adapter",
+                      "set method: freeze")
+    for pattern in recipe.sft.trainable_modules or []:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise UserError(f"{where('trainable_modules')}: trainable_modules {pattern!r} is not a valid regular "
+                            f"expression ({err}); escape special characters with a backslash") from None
     check_output_dir(recipe, where)
 
 
-def _value(recipe, key):
-    for section in (recipe.training, recipe.model, recipe.sft):
-        if hasattr(section, key):
-            return getattr(section, key)
-    return None
+def refuse_unused(recipe, where, keys, section, used: bool, what_method_does: str, fix: str) -> None:
+    """Keys of one method set under another: they would do nothing, silently. A value equal to the field's
+    default is let through (the resolved recipe of a run lists every key)."""
+    if used:
+        return
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(section)}
+    stray = [k for k in keys if k in recipe.explicit and recipe.explicit[k] != defaults.get(k)]
+    if stray:
+        raise UserError(f"{where(stray[0])}: {', '.join(stray)} set but method is {recipe.sft.method}, which "
+                        f"{what_method_does}; {fix}, or remove {'it' if len(stray) == 1 else 'them'}")
 
 
 def check_lora_config(recipe, where) -> None:

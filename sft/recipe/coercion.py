@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sft.errors import UserError
-from sft.recipe.fields import RENAMED_KEYS, RENAMED_VALUES, extended_entry_type, known_fields
+from sft.recipe.fields import RENAMED_KEYS, RENAMED_VALUES, extended_entry_type, known_fields, value_range
 from sft.templates.chat import is_inline_jinja
 
 
@@ -42,7 +42,8 @@ def coerce(value, tp):
         if enums and isinstance(value, str):  # `IntervalStrategy | str`: TrainingArguments takes only the enum's values
             return coerce(value, enums[0])
         # Prefer an exact kind match (e.g. keep 0.03 a float for `float | int`).
-        for member in sorted(members, key=lambda m: not isinstance(value, m if isinstance(m, type) else ())):
+        kinds = [m if isinstance(m, type) and m is not Any else () for m in members]  # Any takes no isinstance
+        for _, member in sorted(zip(kinds, members), key=lambda pair: not isinstance(value, pair[0])):
             if member is type(None):
                 continue
             try:
@@ -120,9 +121,11 @@ def coerce(value, tp):
     raise _Mismatch(_type_name(tp))
 
 
-def check_keys(values: dict, where: typing.Callable[[str], str], notes: list, option_style: bool = False) -> dict:
-    """Rename old keys (one note each), reject unknown keys and coerce types. `where(key)` locates a key."""
-    table = known_fields()
+def check_keys(values: dict, where: typing.Callable[[str], str], notes: list, option_style: bool = False,
+               table: dict | None = None) -> dict:
+    """Rename old keys (one note each), reject unknown keys, coerce types and check ranges. `where(key)` locates a
+    key; `table` is a known_fields() table (default: from the imported dataclasses)."""
+    table = known_fields() if table is None else table
     checked = {}
     for key, value in values.items():
         shown = f"--{key}" if option_style else f"'{key}'"
@@ -144,6 +147,9 @@ def check_keys(values: dict, where: typing.Callable[[str], str], notes: list, op
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise UserError(f"{where(key)}: {shown} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        allowed = value_range(key, f)
+        if allowed and not allowed.allows(value):
+            raise UserError(f"{where(key)}: {key} must be {allowed.describe(isinstance(value, int))}, got {value!r}")
         checked[key] = value
     return checked
 

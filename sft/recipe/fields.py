@@ -13,6 +13,73 @@ from typing import Any
 from sft.launch.profiles import PROFILES
 
 METHODS = ("full", "lora", "qlora", "freeze")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number key accepts, beyond its type; None always passes (the default applies)."""
+
+    low: float | None = None
+    high: float | None = None
+    above_low: bool = False  # low itself is refused
+    below_high: bool = False  # high itself is refused
+    note: str = ""
+
+    def allows(self, value) -> bool:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+        low_ok = self.low is None or (value > self.low if self.above_low else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.below_high else value <= self.high)
+        return low_ok and high_ok
+
+    def describe(self, whole: bool) -> str:
+        low = _number(self.low) if self.low is not None else ""
+        if self.high is None:
+            text = f"greater than {low}" if self.above_low else f"{low} or more"
+        elif self.below_high:
+            text = f"at least {low} and below {_number(self.high)}"
+        else:
+            text = f"from {low} to {_number(self.high)}"
+        return ("a whole number " if whole else "") + text + (f" ({self.note})" if self.note else "")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+POSITIVE, NOT_NEGATIVE, FRACTION = Range(0, above_low=True), Range(0), Range(0, 1, below_high=True)
+# TRL's and transformers' number fields whose libraries accept any value and leave torch, numpy or the optimizer to
+# fail mid-run, or to do something else than asked without a word (their dataclasses carry no ranges of their own:
+# constructing SFTConfig with each of these values raises nothing).
+LIBRARY_RANGES = {
+    "per_device_train_batch_size": POSITIVE,
+    "per_device_eval_batch_size": POSITIVE,
+    "gradient_accumulation_steps": POSITIVE,
+    "eval_accumulation_steps": POSITIVE,
+    "max_length": Range(0, above_low=True, note="or null for no limit"),
+    "num_train_epochs": POSITIVE,
+    "max_steps": Range(-1, note="-1: num_train_epochs decides"),
+    "learning_rate": NOT_NEGATIVE,
+    "weight_decay": NOT_NEGATIVE,
+    "warmup_steps": Range(0, note="a number of steps, or a ratio below 1"),
+    "adam_epsilon": NOT_NEGATIVE,
+    "adam_beta1": FRACTION,
+    "adam_beta2": FRACTION,
+    "max_grad_norm": Range(0, note="0 turns clipping off; a negative norm would flip the gradients"),
+    "seed": Range(0, 2**32 - 1, note="numpy's seed range"),
+    "data_seed": Range(0, 2**32 - 1, note="numpy's seed range"),
+    "save_total_limit": Range(0, above_low=True, note="or null to keep every checkpoint"),
+    "dataset_num_proc": Range(0, above_low=True, note="or null for one process"),
+    "dataloader_num_workers": NOT_NEGATIVE,
+    "lora_r": POSITIVE,
+    "lora_alpha": POSITIVE,
+    "lora_dropout": FRACTION,
+}
+
+
+def value_range(key: str, f: dataclasses.Field) -> Range | None:
+    """sft's own keys declare their range in the field's metadata; the libraries' keys are in LIBRARY_RANGES."""
+    return f.metadata.get("range") or LIBRARY_RANGES.get(key)
 LOSS_MODES = ("completion", "assistant", "last_assistant", "all")
 
 
@@ -26,7 +93,8 @@ class SftArguments:
                   "choices": list(METHODS)},
     )
     trainable_layers: int | None = field(
-        default=None, metadata={"help": "freeze: train only the last N transformer blocks."}
+        default=None, metadata={"range": POSITIVE,
+                                "help": "freeze: train only the last N transformer blocks."}
     )
     trainable_modules: list[str] | None = field(
         default=None, metadata={"help": "freeze: also train parameters whose name matches one of these regexes."}
@@ -61,7 +129,8 @@ class SftArguments:
     skip_bad_rows: bool = field(default=False, metadata={"help": "Skip (and count) rows that fail validation."})
     max_dropped_fraction: float = field(
         default=0.5,
-        metadata={"help": "Fail when more than this share of examples lose all trained tokens to max_length."},
+        metadata={"range": Range(0, 1),
+                  "help": "Fail when more than this share of examples lose all trained tokens to max_length."},
     )
     mask_fallback: str = field(
         default="context",
@@ -88,34 +157,41 @@ class SftArguments:
     )
     env: dict | None = field(default=None, metadata={"help": "Environment variables to set before the run."})
     global_batch_size: int | None = field(
-        default=None, metadata={"help": "Examples per optimizer step over all processes; sft sets "
+        default=None, metadata={"range": POSITIVE,
+                                "help": "Examples per optimizer step over all processes; sft sets "
                                         "gradient_accumulation_steps from it and the number of processes "
                                         "(fails when they do not divide it)."}
     )
     early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after this many evaluations without improvement of "
+        default=None, metadata={"range": POSITIVE,
+                                "help": "Stop after this many evaluations without improvement of "
                                         "metric_for_best_model (default eval_loss); needs eval_strategy."}
     )
     early_stopping_threshold: float = field(
-        default=0.0, metadata={"help": "Early stopping: the least change of the metric that counts as improvement."}
+        default=0.0, metadata={"range": NOT_NEGATIVE,
+                               "help": "Early stopping: the least change of the metric that counts as improvement."}
     )
     sample_prompts: list[str] | None = field(
         default=None, metadata={"help": "User messages answered with the training template every "
                                         "sample_every_n_steps (default: the first sample_count eval examples)."}
     )
     sample_every_n_steps: int | None = field(
-        default=None, metadata={"help": "Write generation samples to output_dir/samples.jsonl and the trackers "
+        default=None, metadata={"range": POSITIVE,
+                                "help": "Write generation samples to output_dir/samples.jsonl and the trackers "
                                         "every N steps."}
     )
-    sample_count: int = field(default=3, metadata={"help": "Eval examples to sample from when no sample_prompts."})
-    sample_max_new_tokens: int = field(default=64, metadata={"help": "Longest generation sample, in tokens."})
+    sample_count: int = field(default=3, metadata={"range": POSITIVE,
+                                                   "help": "Eval examples to sample from when no sample_prompts."})
+    sample_max_new_tokens: int = field(default=64, metadata={"range": POSITIVE,
+                                                             "help": "Longest generation sample, in tokens."})
     accelerate_config: str | None = field(
         default=None, metadata={"help": "TRL's CLI key: `sft train` runs under `sft launch` with this profile of "
                                         "accelerate_configs/ (auto: the planner's choice).",
                                 "choices": ["auto", *PROFILES]}
     )
     num_processes: int | None = field(
-        default=None, metadata={"help": "TRL's CLI key: processes to start; over 1, `sft train` runs under "
+        default=None, metadata={"range": POSITIVE,
+                                "help": "TRL's CLI key: processes to start; over 1, `sft train` runs under "
                                         "`sft launch` (default profile: auto)."}
     )
     provenance: dict | None = field(
@@ -186,9 +262,10 @@ def known_fields() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
 
 
 
-def field_type(key: str):
-    """The type of the field a recipe key (or its old name) sets; None for a key no field has."""
-    fields = known_fields().get(RENAMED_KEYS.get(key, key))
+def field_type(key: str, table: dict | None = None):
+    """The type of the field a recipe key (or its old name) sets; None for a key no field has. `table`: a
+    known_fields() table (default: from the imported dataclasses)."""
+    fields = (known_fields() if table is None else table).get(RENAMED_KEYS.get(key, key))
     return fields[0][2] if fields else None
 
 

@@ -122,15 +122,23 @@ def take_push_request(recipe) -> dict | None:
     """`push_to_hub: true`: sft pushes the finished run itself, after the final save, with its model card; the
     Trainer's own pushes (every checkpoint, its own card) are turned off for this run, and the resolved recipe
     records push_to_hub as asked."""
+    push = push_request(recipe)
     training = recipe.training
-    if not training.push_to_hub:
-        return None
-    recipe.asked["push_to_hub"] = True
-    training.push_to_hub = False
-    if recipe.provenance is not None and not PUSH_KEYS & recipe.command_line:
-        target = training.hub_model_id or Path(training.output_dir).name
-        recipe.notes.append(f"{recipe.source} is the resolved recipe of an earlier run: not pushing to {target} "
-                            "(its push_to_hub); pass --push_to_hub true and --hub_model_id YOUR/REPO to push")
+    if training.push_to_hub:
+        recipe.asked["push_to_hub"] = True
+        training.push_to_hub = False
+        if push is None:
+            target = training.hub_model_id or Path(training.output_dir).name
+            recipe.notes.append(f"{recipe.source} is the resolved recipe of an earlier run: not pushing to {target} "
+                                "(its push_to_hub); pass --push_to_hub true and --hub_model_id YOUR/REPO to push")
+    return push
+
+
+def push_request(recipe) -> dict | None:
+    """push_run's arguments for the finished run, or None when it does not push (a resolved recipe pushes only when
+    its command line names where); a push without a Hub token is refused. Changes nothing: `sft check` asks too."""
+    training = recipe.training
+    if not training.push_to_hub or (recipe.provenance is not None and not PUSH_KEYS & recipe.command_line):
         return None
     from sft.hub.addresses import known_token
 

@@ -48,13 +48,18 @@ def _first_sentence(text: str) -> str:
 
 
 def every_key_text(width: int = 118) -> str:
-    from transformers import TrainingArguments
+    from sft.recipe.fields import RENAMED_KEYS
+    from sft.recipe.schema import fast_fields, training_arguments_names
 
-    from sft.recipe.fields import RENAMED_KEYS, known_fields
+    table, training_args_names = fast_fields(), training_arguments_names()
+    if table is None:  # the packages are laid out otherwise than sft/recipe/schema.py expects: import them
+        from transformers import TrainingArguments
 
-    training_args_names = {f.name for f in dataclasses.fields(TrainingArguments)}
+        from sft.recipe.fields import known_fields
+
+        table, training_args_names = known_fields(), {f.name for f in dataclasses.fields(TrainingArguments)}
     groups: dict[str, list[str]] = {}
-    for name, places in known_fields().items():
+    for name, places in table.items():
         section, f, tp = places[0]
         also = [s for s, _, _ in places[1:]]
         line = f"{name} ({_type_text(tp)}{_default_text(f)})"

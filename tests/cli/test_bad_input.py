@@ -174,6 +174,20 @@ CASES = {
                          "trust_remote_code: true to allow it"]),
     "option-without-value": (lambda r: train_args(r, "--learning_rate"),
                              ["command line: --learning_rate needs a value, as in --learning_rate VALUE"]),
+    "seed-negative": (lambda r: train_args(r, "--seed", "-1"),
+                      ["command line: seed must be a whole number from 0 to 4294967295 (numpy's seed range), got -1"]),
+    "trainable-layers-without-freeze": (lambda r: train_args(r, "--trainable_layers", "1"),
+                                        ["command line: trainable_layers set but method is full", "method: freeze"]),
+    "freeze-regex-invalid": (lambda r: train_args(r, "--method", "freeze", "--trainable_modules", "['(q_proj']"),
+                             ["command line: trainable_modules '(q_proj' is not a valid regular expression"]),
+    # `sft check` said "OK: the run would start" before, and `sft train` failed.
+    "check-finished-run": (lambda r: ["check", r / "recipe.yaml"], ["{root}/run: this run is finished"]),
+    "check-lora-target-missing": (lambda r: ["check", r / "recipe.yaml", "--method", "lora",
+                                             "--lora_target_modules", "[q_proj, qkv]"],
+                                  ["lora_target_modules qkv matches no module"]),
+    "check-freeze-matches-nothing": (lambda r: ["check", r / "recipe.yaml", "--method", "freeze",
+                                                "--trainable_modules", "[no_such_module]"],
+                                     ["trainable_modules ['no_such_module'] match no parameter of the model"]),
     "yaml-unclosed-bracket": (lambda r: ["train", recipe_text(r, "lora_target_modules: [q_proj, v_proj\nseed: 1\n")],
                               ["edited.yaml:10: not valid YAML: a '[' list opens here and is not closed"]),
 }
@@ -188,6 +202,13 @@ def test_bad_input_is_one_line_and_touches_nothing(case, finished):
     assert_one_line_error(proc, *(f.replace("{root}", str(finished)) for f in fragments))
     after = tree_digest(finished)
     assert after == before
+
+
+def test_check_refuses_a_push_without_a_token_as_train_does(finished, tmp_path):
+    no_token = {"HF_TOKEN": "", "HF_TOKEN_PATH": str(tmp_path / "no-token")}
+    for command in ("check", "train"):
+        proc = run_cli(command, finished / "recipe.yaml", "--push_to_hub", "true", env=no_token)
+        assert_one_line_error(proc, "recipe.yaml: push_to_hub is true but no Hub token was found; set HF_TOKEN")
 
 
 def test_yaml_error_names_the_line_a_quote_opens_on(tmp_path):

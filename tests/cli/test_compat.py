@@ -163,13 +163,18 @@ warmup_ratio: 0.1
 """
 
 
+NO_TOKEN = {"HF_TOKEN": "", "HF_TOKEN_PATH": "/nonexistent/sft-test-token"}
+
+
 @pytest.mark.slow
 def test_published_handbook_recipe_checks_and_trains_unchanged(tmp_path, tiny_model):
     out = tmp_path / "out"
     recipe = tmp_path / "config_full.yaml"
     recipe.write_text(HANDBOOK_RECIPE.format(model=tiny_model, data=chat_data(tmp_path / "train.jsonl"), out=out,
                                              template=json.dumps(LONG_TEMPLATE)))
-    check = run_cli("check", recipe)
+    # The push to the Hub needs a token, which `sft check` asks for as `sft train` does.
+    assert "push_to_hub is true but no Hub token was found" in run_cli("check", recipe, env=NO_TOKEN).stderr
+    check = run_cli("check", recipe, "--push_to_hub", "false")
     assert check.returncode == 0, check.stderr
     assert "note: attn_implementation flash_attention_2 needs a GPU: using sdpa on this CPU machine" in check.stdout
     assert "OK: the run would start." in check.stdout

@@ -59,9 +59,20 @@ def test_unknown_override_names_option(tmp_path):
         ("packing: maybe", "'packing' must be true or false, got 'maybe'"),
         ("max_steps: 1.5", "'max_steps' must be an integer, got 1.5"),
         ("method: lora2", "'method' must be one of full, lora, qlora, freeze; got 'lora2'"),
+        # Out of range: the libraries accept these and fail (or misbehave silently) mid-run.
+        ("seed: -1", "seed must be a whole number from 0 to 4294967295 (numpy's seed range), got -1"),
+        ("max_grad_norm: -1", "max_grad_norm must be 0 or more (0 turns clipping off; a negative norm would flip "
+                              "the gradients), got -1.0"),
+        ("save_total_limit: -3", "save_total_limit must be a whole number greater than 0 (or null to keep every "
+                                 "checkpoint), got -3"),
+        ("dataset_num_proc: 0", "dataset_num_proc must be a whole number greater than 0 (or null for one process), "
+                                "got 0"),
+        ("trainable_layers: -1\nmethod: freeze", "trainable_layers must be a whole number greater than 0, got -1"),
+        ("max_dropped_fraction: 1.5", "max_dropped_fraction must be from 0 to 1, got 1.5"),
+        ("sample_every_n_steps: 0", "sample_every_n_steps must be a whole number greater than 0, got 0"),
     ],
 )
-def test_wrong_type_names_key_and_line(tmp_path, line, message):
+def test_wrong_type_or_range_names_key_and_line(tmp_path, line, message):
     path = recipe_file(tmp_path, f"model_name_or_path: m\n{line}\n")
     with pytest.raises(UserError) as err:
         load_recipe(path)
@@ -196,3 +207,35 @@ def test_resolved_recipe_asks_for_the_recipes_precision_not_this_machines(tmp_pa
     write_resolved(recipe, tmp_path / "resolved.yaml")
     data = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
     assert data["bf16"] is True and data["dtype"] == "bfloat16"  # a GPU machine reruns it in bf16
+
+
+def test_value_out_of_range_on_the_command_line(tmp_path):
+    path = recipe_file(tmp_path, "model_name_or_path: m\n")
+    with pytest.raises(UserError) as err:
+        load_recipe(path, ["--seed", "-1"])
+    assert str(err.value).startswith("command line: seed must be a whole number from 0 to 4294967295")
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_freeze_keys_without_method_freeze_are_refused(tmp_path, method):
+    path = recipe_file(tmp_path, f"model_name_or_path: m\nmethod: {method}\ntrainable_layers: 2\n")
+    with pytest.raises(UserError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}:3: trainable_layers set but method is {method}, which ")
+    assert str(err.value).endswith("; set method: freeze, or remove it")
+
+
+def test_freeze_regex_that_does_not_compile_names_the_key(tmp_path):
+    path = recipe_file(tmp_path, "model_name_or_path: m\nmethod: freeze\n\ntrainable_modules: ['lm_head', '(q_proj']\n")
+    with pytest.raises(UserError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}:4: trainable_modules '(q_proj' is not a valid regular expression "
+                                     "(missing ), unterminated subpattern at position 0)")
+
+
+def test_library_refusal_names_the_key_it_is_about(tmp_path):
+    path = recipe_file(tmp_path, "model_name_or_path: m\neval_strategy: steps\nsave_strategy: epoch\n\n"
+                                 "load_best_model_at_end: true\n")
+    with pytest.raises(UserError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}:5: invalid settings: ")
