@@ -5,6 +5,9 @@ import sys
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+# Stopped on request (SIGTERM, SIGUSR1, Slurm's stop file) after a checkpoint: not finished, run again to resume
+# (sysexits' EX_TEMPFAIL: a temporary failure, to be retried).
+EXIT_STOPPED = 75
 
 
 class UserError(Exception):

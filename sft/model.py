@@ -174,17 +174,14 @@ def check_against_model(recipe, model) -> str | None:
     """The last checks before training, run by `sft train` on the loaded model and by `sft check` on the meta
     model: freeze sets which parameters train (and refuses patterns that match nothing), every LoRA target names a
     module, and a run that already reached its end is left as it is (checked last, so that any other bad input is
-    named first). Returns the checkpoint to resume from."""
+    named first). Returns where the run starts (sft.train.output_dir.StartPoint)."""
     from sft.recipe.checks import check_lora_targets
-    from sft.train.checkpoints import refuse_finished, resume_checkpoint
+    from sft.train.output_dir import start_point
 
     if recipe.sft.method == "freeze":
         freeze(model, recipe.sft.trainable_layers, recipe.sft.trainable_modules)
     check_lora_targets(model, recipe)
-    resume_from = resume_checkpoint(recipe)
-    if resume_from:
-        refuse_finished(resume_from, recipe)
-    return resume_from
+    return start_point(recipe)
 
 
 def freeze(model, trainable_layers: int | None, trainable_modules: list[str] | None) -> list[str]:

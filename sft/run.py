@@ -22,6 +22,7 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     #    imports below (seconds), so that a typo is reported at once.
     recipe = load_recipe(recipe_address, overrides)
     from sft.train.checkpoints import save_final
+    from sft.train.output_dir import mark_finished
     from sft.console import QuietChecks, say
     from sft.masks.plan import generation_stop_tokens
     from sft.masks.spans import end_of_turn_token
@@ -40,20 +41,24 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
 
     # 2.-5. Tokenizer, data, model and trainer, every input checked; output_dir locked for this run.
     with QuietChecks():  # no progress bars before a bad input's one line (unless on a terminal)
-        trainer, tokenizer, data, resume_from, stop = checked_trainer(recipe)
-    for note in recipe.notes + data.notes:  # after the input checks, so a bad input reads as one line
+        trainer, tokenizer, data, start, stop = checked_trainer(recipe)
+    for note in recipe.notes + data.notes + start.notes:  # after the input checks: a bad input reads as one line
         say(note)
     say(data.summary())
+    output_dir = Path(recipe.training.output_dir)
+    stop_token = end_of_turn_token(tokenizer,
+                                   stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path, tokenizer))
+    if start.finish_from:  # killed during its final save: finish it from the checkpoint that reached the end
+        return finish_final_save(trainer, tokenizer, start.finish_from, output_dir, stop_token)
 
     # 6. Train. Only now, with every input checked, is output_dir written.
-    output_dir = Path(recipe.training.output_dir)
     with storage_errors_named(output_dir, trainer):  # a full or read-only disk reads as one line naming the path
         if trainer.accelerator.is_main_process:
             write_resolved(recipe, output_dir / "recipe.yaml", {"data": data.stats})
-        if resume_from:
-            say(f"resuming from {resume_from} (set resume: false or pass --fresh to start over)")
+        if start.resume_from:
+            say(f"resuming from {start.resume_from} (set resume: false or pass --fresh to start over)")
         started = time.time()
-        result = trainer.train(resume_from_checkpoint=resume_from)
+        result = trainer.train(resume_from_checkpoint=start.resume_from)
         if stop.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
             trainer.end()  # a gloo process group left alive aborts the interpreter at exit
             how = "interrupted (Ctrl-C)" if stop.requested_by == "SIGINT" else "stopped on request"
@@ -63,9 +68,11 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
                     "output_dir": str(output_dir)}
 
         # 7. Save the model (or adapter) with tokenizer, template and a generation config that stops where it
-        #    learned to.
-        save_final(trainer, tokenizer, output_dir, end_of_turn_token(
-            tokenizer, stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path, tokenizer)))
+        #    learned to; the finished marker last, once every rank's part is on disk.
+        save_final(trainer, tokenizer, output_dir, stop_token)
+        trainer.accelerator.wait_for_everyone()
+        if trainer.accelerator.is_main_process:
+            mark_finished(output_dir, trainer.state.global_step)
     summary = {
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
@@ -90,8 +97,8 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
 
 
 def checked_trainer(recipe):
-    """(trainer, tokenizer, data, checkpoint to resume from, stop callback), every input checked and output_dir
-    locked for this run; nothing written yet."""
+    """(trainer, tokenizer, data, where to start (sft.train.output_dir.StartPoint), stop callback), every input
+    checked and output_dir locked for this run (an earlier run moved aside on --fresh); nothing else written yet."""
     from trl import SFTTrainer
 
     from sft.train.callbacks import trackers_last
@@ -110,7 +117,7 @@ def checked_trainer(recipe):
 
     # 4. The model for the chosen method, and where to resume from (`sft check` runs the same checks).
     model = load_model(recipe, tokenizer, added_tokens)
-    resume_from = check_against_model(recipe, model)
+    start = check_against_model(recipe, model)
 
     # 5. The trainer, and output_dir for this run alone (a second run into it stops here, naming this one).
     callbacks, stop = run_callbacks(recipe, tokenizer, data.eval_rows)
@@ -124,8 +131,28 @@ def checked_trainer(recipe):
         callbacks=callbacks,
     )
     trackers_last(trainer)  # so report_to gets the metrics our callbacks add (eval_perplexity)
-    lock_output_dir_on_all_ranks(recipe.training.output_dir, trainer.accelerator.is_main_process, trainer.args.device)
-    return trainer, tokenizer, data, resume_from, stop
+    moved = lock_output_dir_on_all_ranks(recipe.training.output_dir, trainer.accelerator.is_main_process,
+                                         trainer.args.device, move_earlier_run=start.move_aside)
+    if moved:
+        start.notes.append(f"--fresh: the earlier run in {recipe.training.output_dir} was moved to {moved}")
+    return trainer, tokenizer, data, start, stop
+
+
+def finish_final_save(trainer, tokenizer, checkpoint, output_dir, stop_token) -> dict:
+    """A run killed during its final save: the model of its last checkpoint (which reached the recipe's end)
+    saved as the final model, without training a step more."""
+    from sft.console import say
+    from sft.train.output_dir import finish_from_checkpoint, mark_finished
+
+    step = int(Path(checkpoint).name.split("-")[-1])
+    if trainer.accelerator.is_main_process:
+        finish_from_checkpoint(checkpoint, output_dir, tokenizer, stop_token)
+        mark_finished(output_dir, step)
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
+    say(f"{Path(checkpoint).name} reached the end of the run but the final save did not finish; the model was saved "
+        f"from it to {output_dir} (no step trained)")
+    return {"steps": step, "finished_from": str(checkpoint), "output_dir": str(output_dir)}
 
 
 def run_callbacks(recipe, tokenizer, eval_rows) -> tuple[list, object]:
@@ -140,7 +167,7 @@ def run_callbacks(recipe, tokenizer, eval_rows) -> tuple[list, object]:
 
 def main(argv: list[str] | None = None) -> None:
     """`python sft/run.py RECIPE [--key value ...]`: the same run as `sft train`."""
-    from sft.errors import EXIT_INTERRUPTED, exit_on_user_error, take_debug_flag
+    from sft.errors import EXIT_INTERRUPTED, EXIT_STOPPED, exit_on_user_error, take_debug_flag
     from sft.console import quiet_library_noise
 
     quiet_library_noise()
@@ -152,9 +179,14 @@ def main(argv: list[str] | None = None) -> None:
 
     address, overrides = exit_on_user_error(split_command_line, argv)
     summary = exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
+    from sft.train.hardware import under_launcher, world_size
+
     if summary.get("interrupted"):
         sys.exit(EXIT_INTERRUPTED)
-    from sft.train.hardware import world_size
+    if summary.get("stopped") and not under_launcher():
+        # Stopped on request (SIGTERM, SIGUSR1, the stop file): checkpointed, not finished. A supervisor must not
+        # read it as success. (Under a launcher, a rank's non-zero exit would read as a crash.)
+        sys.exit(EXIT_STOPPED)
 
     if world_size() > 1:
         # Everything is saved and the process group is gone, but DeepSpeed/gloo threads can still abort the

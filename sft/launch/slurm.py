@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft.errors import UserError
+from sft.errors import EXIT_STOPPED, UserError
 from sft.io import write_atomic
 from sft.launch.profiles import ACCELERATE_CONFIGS, PROFILES, ROOT, RUN_SCRIPT, applicable  # standard library only
 
@@ -230,7 +230,8 @@ def build_script(job: SlurmJob, command_line: str = "") -> str:
         'wait "$step"; status=$?',
         'while kill -0 "$step" 2>/dev/null; do wait "$step"; status=$?; done',
         f'rm -f "${STOP_FILE_ENV}"',
-        'if [ "$requeue" = 1 ] && [ "$status" = 0 ]; then',
+        # A single process exits EXIT_STOPPED after a requested stop; a launcher's ranks exit 0.
+        f'if [ "$requeue" = 1 ] && {{ [ "$status" = 0 ] || [ "$status" = {EXIT_STOPPED} ]; }}; then',
         '    echo "sft: requeueing job $SLURM_JOB_ID; it resumes from the newest complete checkpoint"',
         '    scontrol requeue "$SLURM_JOB_ID"',
         "fi",

@@ -37,15 +37,23 @@ def lock_output_dir(output_dir) -> None:
     _held[str(folder)] = handle
 
 
-def lock_output_dir_on_all_ranks(output_dir, is_main_process: bool, device) -> None:
-    """The main process takes the lock; every rank fails together when it could not (no rank left waiting)."""
+def lock_output_dir_on_all_ranks(output_dir, is_main_process: bool, device, move_earlier_run: bool = False):
+    """The main process takes the lock (after moving an earlier run aside, with that run's folder locked meanwhile,
+    when asked); every rank fails together when it could not (no rank left waiting). Returns where the earlier run
+    went, on the main process."""
+    from sft.train.output_dir import move_aside
     from sft.train.preemption import all_ranks_any
 
-    refused = None
+    refused, moved = None, None
     if is_main_process:
         try:
+            if move_earlier_run and Path(output_dir).is_dir():
+                lock_output_dir(output_dir)  # no run is writing the folder while it moves
+                moved = move_aside(output_dir)
+                _held.pop(str(Path(output_dir).resolve())).close()
             lock_output_dir(output_dir)
         except UserError as err:
             refused = err
     if all_ranks_any(refused is not None, device):
         raise refused or UserError(f"{output_dir}: another sft run is writing to this output_dir")
+    return moved

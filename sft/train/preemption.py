@@ -8,7 +8,8 @@ known to be whole.
   steps are slower than that), not at every step.
 - `MarkCompleteCheckpoints`: after every rank has written its part of a checkpoint, the main process writes a
   marker into it last. sft/train/checkpoints.py resumes only from checkpoints with the marker, so a process killed in
-  the middle of a save leaves a partial checkpoint that is never resumed from, and the previous one usable.
+  the middle of a save leaves a partial checkpoint that is never resumed from, and the previous one usable. The
+  marker lists each file's size and digest, so a checkpoint damaged later is found before resuming from it.
   (The Trainer writes trainer_state.json from rank 0 without waiting for the other ranks' files, and not
   atomically, so that file alone does not prove a checkpoint is whole.)
 """
@@ -23,7 +24,7 @@ from transformers import TrainerCallback
 
 from sft.io import write_atomic
 from sft.launch.slurm import STOP_FILE_ENV
-from sft.train.checkpoints import COMPLETE_MARKER
+from sft.train.checkpoints import COMPLETE_MARKER, fsync_tree, manifest
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)  # SIGINT: Ctrl-C
 
@@ -136,12 +137,15 @@ class MarkCompleteCheckpoints(TrainerCallback):
         import torch.distributed as dist
         from transformers.trainer_utils import rotate_checkpoints
 
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            fsync_tree(folder)  # this rank's files are on disk, not only in the page cache, before the marker
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every rank's shards, RNG state and optimizer state are on disk
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                write_atomic(folder / COMPLETE_MARKER, json.dumps({"global_step": state.global_step}) + "\n")
+                record = {"global_step": state.global_step, "files": manifest(folder)}
+                write_atomic(folder / COMPLETE_MARKER, json.dumps(record) + "\n")
                 rotate_checkpoints(args.output_dir, self.save_total_limit, state.best_model_checkpoint,
                                    use_mtime=True)
         return control

@@ -6,8 +6,17 @@ import errno
 from sft.errors import UserError
 
 
-def storage_error(err: OSError, output_dir) -> UserError | None:
-    """A full or read-only disk met while writing, as one line naming the path; None for other OS errors."""
+# torch.save's C++ writer reports a failed write as a RuntimeError without errno ("unexpected pos", "file write
+# failed"); during a save that is a full disk (or quota) in practice.
+TORCH_WRITE_FAILED = ("unexpected pos", "file write failed")
+
+
+def storage_error(err: OSError | RuntimeError, output_dir) -> UserError | None:
+    """A full or read-only disk met while writing, as one line naming the path; None for other errors."""
+    if isinstance(err, RuntimeError):
+        if not any(text in str(err) for text in TORCH_WRITE_FAILED):
+            return None
+        err = OSError(errno.ENOSPC, "No space left on device", str(output_dir))
     path = err.filename or output_dir
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"{path}: disk full (no space left on device) while writing the run; free space or "
@@ -24,7 +33,7 @@ def storage_errors_named(output_dir, trainer=None):
     trainer's progress bar is closed, so the error is the last line)."""
     try:
         yield
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         translated = storage_error(err, output_dir)
         if translated is None:
             raise

@@ -183,7 +183,7 @@ def test_partial_checkpoints_are_never_resumed_from(tmp_path):
     assert complete_checkpoints(out) == [out / "checkpoint-2", out / "checkpoint-4"]
     recipe = SimpleNamespace(training=SimpleNamespace(resume_from_checkpoint=None, output_dir=str(out)),
                              sft=SimpleNamespace(resume=True))
-    assert resume_checkpoint(recipe) == str(out / "checkpoint-4")
+    assert resume_checkpoint(recipe) == (str(out / "checkpoint-4"), [])
 
 
 def test_old_checkpoints_are_deleted_only_after_the_new_one_is_marked_complete(tmp_path):
@@ -201,7 +201,8 @@ def test_old_checkpoints_are_deleted_only_after_the_new_one_is_marked_complete(t
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
         assert complete_checkpoints(tmp_path)[-1:] != [tmp_path / f"checkpoint-{step}"]  # saved, not yet marked
         marker.on_save(args, TrainerState(global_step=step), TrainerControl())
-        assert json.loads((tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).read_text()) == {"global_step": step}
+        record = json.loads((tmp_path / f"checkpoint-{step}" / COMPLETE_MARKER).read_text())
+        assert record["global_step"] == step and record["files"]["trainer_state.json"][0] == 2  # each file's size
         time.sleep(0.02)  # rotation orders by modification time, as the Trainer's does
     assert complete_checkpoints(tmp_path) == [tmp_path / "checkpoint-4", tmp_path / "checkpoint-6"]
     marker.on_train_end(args, TrainerState(), TrainerControl())
