@@ -71,6 +71,13 @@ def run_cli_in_process(*args, cwd=None, env=None):
     return subprocess.CompletedProcess(["sft", *map(str, args)], code, stdout, stderr)
 
 
+def torch_has_cuda() -> bool:
+    """For `skipif` on tests whose expected outcome is the CPU one."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def quickstart_rows(path: Path, rows: int) -> Path:
     """The first `rows` lines of the quickstart's training data, written to `path`."""
     lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:rows]

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import REPO, run_cli, run_cli_in_process, torch_has_cuda, write_recipe
 
 
 def recipe_file(tmp_path, tiny_model, **values):
@@ -253,9 +253,12 @@ def test_fsdp_is_refused_on_cpu_and_fixes_qlora_on_gpu(tiny_model, tmp_path):
         fit_to_launch(eight_bit, None, 2, on_gpu=True, fsdp=True)
 
 
-@pytest.mark.slow  # about 20 s on a busy 2-core machine: the real CLI imports torch and trl
-def test_launch_refuses_fsdp_on_cpu_before_starting(tiny_model, tmp_path):
-    recipe = recipe_file(tmp_path, tiny_model)
-    proc = run_cli("launch", recipe, "--profile", "fsdp2", "--num-processes", "2")
+@pytest.mark.skipif(torch_has_cuda(), reason="the CPU outcome: with a GPU, sft launches FSDP2 (bench/gpu/check.py)")
+@pytest.mark.parametrize("profile", ["fsdp2", "fsdp2_qlora"])
+def test_launch_refuses_fsdp_on_cpu_before_starting(profile, tiny_model, tmp_path):
+    """sft's own fsdp2 path on CPU: `sft launch` reads the recipe, detects 2 CPU processes, picks the profile and
+    runs its checks, which refuse in one line before any process starts or anything is written."""
+    recipe = recipe_file(tmp_path, tiny_model, **({"method": "qlora"} if profile == "fsdp2_qlora" else {}))
+    proc = run_cli_in_process("launch", recipe, "--profile", profile, "--num-processes", "2")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "FSDP runs on GPUs only" in proc.stderr and not (tmp_path / "out").exists()
