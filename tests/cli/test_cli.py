@@ -12,15 +12,19 @@ from tests.support.assertions import assert_one_line_error, assert_untouched
 
 
 def test_help_is_instant_and_imports_no_torch():
+    """Instant means a small fraction of importing torch, timed in the same process right after: a ratio holds
+    on a loaded machine where a fixed number of seconds would flake."""
     code = (
-        "import sys, time; t = time.time(); from sft.cli import main\n"
+        "import sys, time; t = time.perf_counter(); from sft.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(time.time() - t, 'torch' in sys.modules, file=sys.stderr)"
+        "help_s, torch_loaded = time.perf_counter() - t, 'torch' in sys.modules\n"
+        "t = time.perf_counter(); import torch\n"
+        "print(help_s, time.perf_counter() - t, torch_loaded, file=sys.stderr)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, torch_loaded = proc.stderr.split()
+    help_seconds, torch_seconds, torch_loaded = proc.stderr.split()[-3:]
     assert torch_loaded == "False"
-    assert float(seconds) < 0.5
+    assert float(help_seconds) < 0.25 * float(torch_seconds), (help_seconds, torch_seconds)
     assert "train" in proc.stdout and "tiny-model" in proc.stdout
 
 
@@ -38,11 +42,18 @@ def test_every_subcommand_help_imports_no_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+def wall_seconds(*command) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True)
+    return time.perf_counter() - started, proc
+
+
 def test_run_py_help_imports_no_torch():
-    started = time.time()
-    proc = subprocess.run([sys.executable, str(REPO / "sft" / "run.py"), "--help"], capture_output=True, text=True)
+    """Timed against a process that only imports torch, started the same way (a ratio, not seconds: see above)."""
+    help_seconds, proc = wall_seconds(REPO / "sft" / "run.py", "--help")
+    torch_seconds, _ = wall_seconds("-c", "import torch")
     assert proc.returncode == 0 and "sft train RECIPE" in proc.stdout
-    assert time.time() - started < 2
+    assert help_seconds < 0.5 * torch_seconds, (help_seconds, torch_seconds)
 
 
 def good_recipe(tmp_path, tiny_model, out, **changes):
