@@ -71,11 +71,10 @@ def run_cli_in_process(*args, cwd=None, env=None):
     return subprocess.CompletedProcess(["sft", *map(str, args)], code, stdout, stderr)
 
 
-def torch_has_cuda() -> bool:
-    """For `skipif` on tests whose expected outcome is the CPU one."""
-    import torch
-
-    return torch.cuda.is_available()
+# For tests whose expected outcome is the CPU one (gloo, "N CPU processes", float32, FSDP refused). The condition is a
+# string so torch is imported only when such a test runs, not when this file is.
+CPU_OUTCOME = pytest.mark.skipif("__import__('torch').cuda.is_available()",
+                                 reason="asserts what happens on a CPU-only machine; bench/gpu/check.py covers GPUs")
 
 
 def quickstart_rows(path: Path, rows: int) -> Path:

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli, run_cli_in_process, torch_has_cuda, write_recipe
+from tests.conftest import CPU_OUTCOME, REPO, run_cli, run_cli_in_process, write_recipe
 
 
 def recipe_file(tmp_path, tiny_model, **values):
@@ -68,6 +68,7 @@ def test_a_bf16_accelerate_config_runs_in_float32_on_cpu(tiny_model, tmp_path, m
     assert any("mixed_precision bf16 from the accelerate config turned off" in n for n in recipe.notes)
 
 
+@CPU_OUTCOME
 def test_a_16_bit_recipe_trains_in_float32_on_cpu(tiny_model, tmp_path):
     recipe = load(tmp_path, tiny_model, dtype="bfloat16", bf16=True)
     assert recipe.model.dtype == "float32" and not recipe.training.bf16
@@ -79,6 +80,7 @@ def test_a_16_bit_recipe_trains_in_float32_on_cpu(tiny_model, tmp_path):
 # Refuse or fix
 
 
+@CPU_OUTCOME
 def test_qlora_under_zero3_gets_quant_storage_equal_to_compute_dtype(tiny_model, tmp_path):
     from sft.recipe.finalize import fit_to_launch
 
@@ -178,6 +180,7 @@ def test_global_batch_sets_accumulation_or_is_refused(tiny_model, tmp_path):
 # sft launch
 
 
+@CPU_OUTCOME
 def test_launch_dry_run_names_profile_and_command(tiny_model, tmp_path):
     recipe = recipe_file(tmp_path, tiny_model)
     proc = run_cli("launch", recipe, "--num-processes", "2", "--dry-run", "--max_steps", "2")
@@ -253,7 +256,7 @@ def test_fsdp_is_refused_on_cpu_and_fixes_qlora_on_gpu(tiny_model, tmp_path):
         fit_to_launch(eight_bit, None, 2, on_gpu=True, fsdp=True)
 
 
-@pytest.mark.skipif(torch_has_cuda(), reason="the CPU outcome: with a GPU, sft launches FSDP2 (bench/gpu/check.py)")
+@CPU_OUTCOME
 @pytest.mark.parametrize("profile", ["fsdp2", "fsdp2_qlora"])
 def test_launch_refuses_fsdp_on_cpu_before_starting(profile, tiny_model, tmp_path):
     """sft's own fsdp2 path on CPU: `sft launch` reads the recipe, detects 2 CPU processes, picks the profile and
