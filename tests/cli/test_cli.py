@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import REPO, run_cli, run_cli_in_process, write_recipe
 from tests.support.assertions import assert_one_line_error, assert_untouched
 
 
@@ -70,7 +70,7 @@ def test_unknown_key(tmp_path, tiny_model, existing_output):
     recipe = good_recipe(tmp_path, tiny_model, existing_output)
     recipe.write_text(recipe.read_text() + "lerning_rate: 0.1\n")
     line = len(recipe.read_text().splitlines())
-    proc = run_cli("train", recipe)
+    proc = run_cli_in_process("train", recipe)
     assert_one_line_error(proc, f"{recipe}:{line}:", "unknown key 'lerning_rate'", "did you mean 'learning_rate'")
     assert_untouched(existing_output)
 
@@ -98,7 +98,7 @@ def test_bad_model_or_data(tmp_path, tiny_model, existing_output, setting, data_
         (tmp_path / "data.jsonl").write_text(data_text)
     changes = {key: value.format(tmp=tmp_path) for key, value in setting.items()}
     recipe = good_recipe(tmp_path, tiny_model, existing_output, **changes)
-    proc = run_cli("train", recipe)
+    proc = run_cli_in_process("train", recipe)
     assert_one_line_error(proc, expected.format(tmp=tmp_path))
     assert_untouched(existing_output)
 
@@ -106,7 +106,7 @@ def test_bad_model_or_data(tmp_path, tiny_model, existing_output, setting, data_
 def test_recipe_that_is_not_a_mapping(tmp_path, existing_output):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("just a sentence\n")
-    proc = run_cli("train", recipe)
+    proc = run_cli_in_process("train", recipe)
     assert_one_line_error(proc, f"{recipe}: a recipe must be a mapping", "not a str")
     assert_untouched(existing_output)
 
@@ -120,5 +120,5 @@ def test_debug_flag_shows_the_traceback(tmp_path, existing_output):
 
 
 def test_missing_recipe_file(tmp_path):
-    proc = run_cli("train", tmp_path / "nope.yaml")
+    proc = run_cli_in_process("train", tmp_path / "nope.yaml")
     assert_one_line_error(proc, f"{tmp_path / 'nope.yaml'}: recipe file not found")
