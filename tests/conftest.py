@@ -142,6 +142,7 @@ PROCESS_MODULES = {"test_distributed.py", "test_multinode.py", "test_fsdp2.py", 
                    "test_data_once_per_node.py", "test_stop_request.py", "test_bench.py", "test_step_overhead.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in PROCESS_MODULES:
