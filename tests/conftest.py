@@ -45,6 +45,38 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=False):
     return proc
 
 
+def run_cli_in_process(*args, cwd=None, env=None):
+    """`sft ARGS` run in this process, with stdout/stderr captured and the same returncode/stdout/stderr as
+    run_cli's result. For inputs that fail before any training: a subprocess costs ~10 s of imports each time,
+    this costs them once per test worker. A few tests keep run_cli for the real exit-code/stderr contract."""
+    from click.testing import CliRunner
+
+    from sft.cli import main
+
+    old_cwd = os.getcwd()
+    runner = CliRunner()
+    # isolation() restores these afterwards; SFT_DEBUG is listed so a `--debug` (which sets it) cannot leak.
+    with runner.isolation(env={"SFT_DEBUG": None, **(env or {})}) as (out, err, _):
+        os.chdir(cwd or old_cwd)
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            os.chdir(old_cwd)
+            sys.stdout.flush()  # isolation's text wrappers buffer
+            sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["sft", *map(str, args)], code, stdout, stderr)
+
+
+# For tests whose expected outcome is the CPU one (gloo, "N CPU processes", float32, FSDP refused). The condition is a
+# string so torch is imported only when such a test runs, not when this file is.
+CPU_OUTCOME = pytest.mark.skipif("__import__('torch').cuda.is_available()",
+                                 reason="asserts what happens on a CPU-only machine; bench/gpu/check.py covers GPUs")
+
+
 def quickstart_rows(path: Path, rows: int) -> Path:
     """The first `rows` lines of the quickstart's training data, written to `path`."""
     lines = (REPO / "recipes" / "data" / "uppercase_train.jsonl").read_text().splitlines()[:rows]
@@ -100,3 +132,22 @@ def hub(tmp_path_factory):
         server.env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_TOKEN": HUB_TOKEN,
                       "HF_HOME": str(tmp_path_factory.mktemp("hf-home")), "HF_HUB_DISABLE_TELEMETRY": "1"}
         yield server
+
+
+# Under pytest-xdist (pyproject's addopts: `-n auto --dist loadgroup`) each worker builds its own session and module
+# fixtures. Tests sharing a costly trained fixture go to one worker so it trains once, and tests that start several
+# processes (accelerate's default port 29500, the one-node Slurm cluster) go to one worker so they never collide.
+SHARED_RUNS = ("lora_run", "finished", "tracked_run", "quickstart_model", "published")
+PROCESS_MODULES = {"test_distributed.py", "test_multinode.py", "test_fsdp2.py", "test_slurm.py", "test_profiles.py",
+                   "test_data_once_per_node.py", "test_stop_request.py", "test_bench.py", "test_step_overhead.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in PROCESS_MODULES:
+            item.add_marker(pytest.mark.xdist_group("processes"))
+            continue
+        shared = next((name for name in SHARED_RUNS if name in item.fixturenames), None)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared))

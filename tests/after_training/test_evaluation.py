@@ -11,7 +11,7 @@ from importlib.metadata import version
 import pytest
 
 from sft.after_training.evaluation import contains, corpus_bleu, exact_match, rouge_l
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_cli_in_process
 
 SACREBLEU = version("sacrebleu")
 
@@ -118,7 +118,7 @@ def test_adapter_is_evaluated_on_its_base_without_merging(lora_run, tiny_model, 
 def test_generation_metrics_need_answers(tiny_model, tmp_path):
     data = tmp_path / "text.jsonl"
     data.write_text('{"text": "just some text"}\n')
-    proc = run_cli("eval", tiny_model, "--data", data, "--metrics", "perplexity,exact_match")
+    proc = run_cli_in_process("eval", tiny_model, "--data", data, "--metrics", "perplexity,exact_match")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"error: {data}: row 1: exact_match need prompt/answer rows (messages ending in an assistant turn, "
@@ -134,7 +134,7 @@ def test_adapter_whose_base_is_gone(lora_run, tmp_path):
     config = json.loads((moved / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(tmp_path / "deleted-base")
     (moved / "adapter_config.json").write_text(json.dumps(config))
-    proc = run_cli("eval", moved, "--data", REPO / "recipes" / "data" / "uppercase_heldout.jsonl")
+    proc = run_cli_in_process("eval", moved, "--data", REPO / "recipes" / "data" / "uppercase_heldout.jsonl")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {moved}/adapter_config.json: base model {tmp_path}/deleted-base cannot "
                                    "be found; pass --base PATH to the base model folder")
@@ -202,12 +202,12 @@ def test_lm_eval_local_task_scores_an_adapter_without_merging(lora_run, tiny_mod
 
 def test_lm_eval_unknown_tasks_and_folders(tiny_model, tmp_path):
     pytest.importorskip("lm_eval", reason="the eval extra (lm-eval) is not installed")
-    proc = run_cli("eval", tiny_model, "--tasks", "uppercase_choise", "--include-path", TASKS)
+    proc = run_cli_in_process("eval", tiny_model, "--tasks", "uppercase_choise", "--include-path", TASKS)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: --tasks: unknown task 'uppercase_choise' (closest: uppercase_choice): not in --include-path "
         f"{TASKS} or among lm-eval's tasks; define it in a YAML file and pass its folder with --include-path DIR")
-    proc = run_cli("eval", tiny_model, "--tasks", "uppercase_choice", "--include-path", tmp_path / "missing")
+    proc = run_cli_in_process("eval", tiny_model, "--tasks", "uppercase_choice", "--include-path", tmp_path / "missing")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: --include-path {tmp_path}/missing: no such directory; give the folder holding the task YAML files")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import CPU_OUTCOME, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +71,7 @@ def test_cpu_bench_reports_the_runs_tokens_mfu_memory_and_the_plan(method, profi
         assert f"{r['mfu'] * 100:.1f}%" in row and row.rstrip().endswith(f"ok ({r['seconds']:.0f} s)")
 
 
+@CPU_OUTCOME
 def test_without_a_gpu_or_cpu_flag_it_prints_the_plan_only(tiny_model, tmp_path):
     proc = bench("--model-config", tiny_model / "config.json", "--seq", SEQ, "--batch", BATCH, "--gpus", 2,
                  "--keep", tmp_path / "work")
@@ -81,6 +82,7 @@ def test_without_a_gpu_or_cpu_flag_it_prints_the_plan_only(tiny_model, tmp_path)
 
 
 @pytest.mark.slow  # about 15 s: the bench builds the model and plans before it skips
+@CPU_OUTCOME
 def test_cpu_bench_skips_fsdp_with_the_reason(tiny_model, tmp_path):
     report = tmp_path / "bench.json"
     proc = bench("--cpu", "--model-config", tiny_model / "config.json", "--steps", 3, "--warmup", 0, "--seq", SEQ,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, quickstart_rows, run_cli, write_recipe
+from tests.conftest import REPO, quickstart_rows, run_cli, run_cli_in_process, write_recipe
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +198,7 @@ def test_bad_input_is_one_line_and_touches_nothing(case, finished):
     args, fragments = CASES[case]
     arguments = args(finished)  # inputs are made before the digest: only what the command does is compared
     before = tree_digest(finished)
-    proc = run_cli(*arguments)
+    proc = run_cli_in_process(*arguments)
     assert_one_line_error(proc, *(f.replace("{root}", str(finished)) for f in fragments))
     after = tree_digest(finished)
     assert after == before
@@ -209,6 +209,15 @@ def test_check_refuses_a_push_without_a_token_as_train_does(finished, tmp_path):
     for command in ("check", "train"):
         proc = run_cli(command, finished / "recipe.yaml", "--push_to_hub", "true", env=no_token)
         assert_one_line_error(proc, "recipe.yaml: push_to_hub is true but no Hub token was found; set HF_TOKEN")
+
+
+@pytest.mark.parametrize("case", ["negative-learning-rate", "option-without-value", "yaml-unclosed-bracket"])
+def test_bad_input_contract_in_a_real_process(case, finished):
+    """The table runs in-process (fast); these run `python -m sft.cli` as a user does: the exit code and the one
+    line are what the process itself gives, library warnings and all."""
+    args, fragments = CASES[case]
+    proc = run_cli(*args(finished))
+    assert_one_line_error(proc, *(f.replace("{root}", str(finished)) for f in fragments))
 
 
 def test_yaml_error_names_the_line_a_quote_opens_on(tmp_path):

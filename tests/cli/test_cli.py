@@ -7,20 +7,24 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import REPO, run_cli, run_cli_in_process, write_recipe
 from tests.support.assertions import assert_one_line_error, assert_untouched
 
 
 def test_help_is_instant_and_imports_no_torch():
+    """Instant means a small fraction of importing torch, timed in the same process right after: a ratio holds
+    on a loaded machine where a fixed number of seconds would flake."""
     code = (
-        "import sys, time; t = time.time(); from sft.cli import main\n"
+        "import sys, time; t = time.perf_counter(); from sft.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(time.time() - t, 'torch' in sys.modules, file=sys.stderr)"
+        "help_s, torch_loaded = time.perf_counter() - t, 'torch' in sys.modules\n"
+        "t = time.perf_counter(); import torch\n"
+        "print(help_s, time.perf_counter() - t, torch_loaded, file=sys.stderr)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, torch_loaded = proc.stderr.split()
+    help_seconds, torch_seconds, torch_loaded = proc.stderr.split()[-3:]
     assert torch_loaded == "False"
-    assert float(seconds) < 0.5
+    assert float(help_seconds) < 0.25 * float(torch_seconds), (help_seconds, torch_seconds)
     assert "train" in proc.stdout and "tiny-model" in proc.stdout
 
 
@@ -38,11 +42,18 @@ def test_every_subcommand_help_imports_no_torch():
     assert proc.returncode == 0, proc.stderr
 
 
+def wall_seconds(*command) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True)
+    return time.perf_counter() - started, proc
+
+
 def test_run_py_help_imports_no_torch():
-    started = time.time()
-    proc = subprocess.run([sys.executable, str(REPO / "sft" / "run.py"), "--help"], capture_output=True, text=True)
+    """Timed against a process that only imports torch, started the same way (a ratio, not seconds: see above)."""
+    help_seconds, proc = wall_seconds(REPO / "sft" / "run.py", "--help")
+    torch_seconds, _ = wall_seconds("-c", "import torch")
     assert proc.returncode == 0 and "sft train RECIPE" in proc.stdout
-    assert time.time() - started < 2
+    assert help_seconds < 0.5 * torch_seconds, (help_seconds, torch_seconds)
 
 
 def good_recipe(tmp_path, tiny_model, out, **changes):
@@ -59,7 +70,7 @@ def test_unknown_key(tmp_path, tiny_model, existing_output):
     recipe = good_recipe(tmp_path, tiny_model, existing_output)
     recipe.write_text(recipe.read_text() + "lerning_rate: 0.1\n")
     line = len(recipe.read_text().splitlines())
-    proc = run_cli("train", recipe)
+    proc = run_cli_in_process("train", recipe)
     assert_one_line_error(proc, f"{recipe}:{line}:", "unknown key 'lerning_rate'", "did you mean 'learning_rate'")
     assert_untouched(existing_output)
 
@@ -87,7 +98,7 @@ def test_bad_model_or_data(tmp_path, tiny_model, existing_output, setting, data_
         (tmp_path / "data.jsonl").write_text(data_text)
     changes = {key: value.format(tmp=tmp_path) for key, value in setting.items()}
     recipe = good_recipe(tmp_path, tiny_model, existing_output, **changes)
-    proc = run_cli("train", recipe)
+    proc = run_cli_in_process("train", recipe)
     assert_one_line_error(proc, expected.format(tmp=tmp_path))
     assert_untouched(existing_output)
 
@@ -95,7 +106,7 @@ def test_bad_model_or_data(tmp_path, tiny_model, existing_output, setting, data_
 def test_recipe_that_is_not_a_mapping(tmp_path, existing_output):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("just a sentence\n")
-    proc = run_cli("train", recipe)
+    proc = run_cli_in_process("train", recipe)
     assert_one_line_error(proc, f"{recipe}: a recipe must be a mapping", "not a str")
     assert_untouched(existing_output)
 
@@ -109,5 +120,5 @@ def test_debug_flag_shows_the_traceback(tmp_path, existing_output):
 
 
 def test_missing_recipe_file(tmp_path):
-    proc = run_cli("train", tmp_path / "nope.yaml")
+    proc = run_cli_in_process("train", tmp_path / "nope.yaml")
     assert_one_line_error(proc, f"{tmp_path / 'nope.yaml'}: recipe file not found")

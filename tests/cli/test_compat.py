@@ -13,7 +13,7 @@ from sft.errors import UserError
 from sft.recipe.coercion import resolve_path
 from sft.recipe.load import load_recipe
 from sft.recipe.command_line import split_command_line
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import CPU_OUTCOME, REPO, run_cli, write_recipe
 from tests.support.assertions import assert_one_line_error, assert_untouched
 
 # A Zephyr-style template of the length alignment-handbook recipes carry inline: comments, both kinds of quotes,
@@ -386,6 +386,7 @@ def test_trl_launch_keys_are_recipe_keys_and_unknown_profiles_are_one_line(tmp_p
 
 
 @pytest.mark.slow
+@CPU_OUTCOME
 def test_sft_launch_takes_profile_and_processes_from_the_recipe(tmp_path, tiny_model):
     recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_model), dataset_name="d.jsonl",
                           output_dir=str(tmp_path / "out"), accelerate_config="zero2", num_processes=2)
@@ -400,6 +401,7 @@ def test_sft_launch_takes_profile_and_processes_from_the_recipe(tmp_path, tiny_m
 
 
 @pytest.mark.slow
+@CPU_OUTCOME
 def test_sft_train_with_num_processes_runs_under_sft_launch(tmp_path, tiny_model):
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_model), output_dir=str(out),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, quickstart_rows, write_recipe
+from tests.conftest import CPU_OUTCOME, REPO, quickstart_rows, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +54,7 @@ def installed(tmp_path_factory) -> dict:
     return {"wheel": wheel, "venv": venv, "env": env, "cwd": elsewhere, "package": package}
 
 
+@CPU_OUTCOME  # its run trains on 2 CPU processes over gloo
 def test_the_wheel_holds_every_module_template_and_profile(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     in_checkout = {p.relative_to(REPO).as_posix() for p in (REPO / "sft").rglob("*")

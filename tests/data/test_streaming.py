@@ -7,7 +7,7 @@ import pytest
 
 from sft.data.prepare import prepare_data, recipe_tokenizer
 from sft.recipe.load import load_recipe
-from tests.conftest import run_cli, write_recipe
+from tests.conftest import run_cli, run_cli_in_process, write_recipe
 
 
 def chat(i: int) -> dict:
@@ -131,7 +131,7 @@ def test_a_bad_row_past_the_checked_head_stops_training_when_met(tmp_path, tiny_
 ])
 def test_what_a_stream_cannot_do_is_refused_in_one_line(tmp_path, tiny_model, existing_output, values, line):
     recipe = streaming_recipe(tmp_path, tiny_model, data_file(tmp_path), output_dir=str(existing_output), **values)
-    result = run_cli("train", recipe)
+    result = run_cli_in_process("train", recipe)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {recipe}: {line}"]
     assert sorted(p.name for p in existing_output.iterdir()) == ["precious.txt"]

@@ -17,9 +17,9 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, quickstart_rows, run_cli, write_recipe
+from tests.conftest import CPU_OUTCOME, REPO, quickstart_rows, run_cli, write_recipe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, CPU_OUTCOME]
 
 STEPS, SAVE_EVERY, PER_DEVICE, PROCESSES = 4, 2, 2, 2
 # (profile, method, extra recipe keys, the line sft must print): DDP, ZeRO-1, ZeRO-2, ZeRO-3 full fine-tuning,

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli, write_recipe
+from tests.conftest import CPU_OUTCOME, REPO, run_cli, run_cli_in_process, write_recipe
 
 
 def recipe_file(tmp_path, tiny_model, **values):
@@ -68,6 +68,7 @@ def test_a_bf16_accelerate_config_runs_in_float32_on_cpu(tiny_model, tmp_path, m
     assert any("mixed_precision bf16 from the accelerate config turned off" in n for n in recipe.notes)
 
 
+@CPU_OUTCOME
 def test_a_16_bit_recipe_trains_in_float32_on_cpu(tiny_model, tmp_path):
     recipe = load(tmp_path, tiny_model, dtype="bfloat16", bf16=True)
     assert recipe.model.dtype == "float32" and not recipe.training.bf16
@@ -79,6 +80,7 @@ def test_a_16_bit_recipe_trains_in_float32_on_cpu(tiny_model, tmp_path):
 # Refuse or fix
 
 
+@CPU_OUTCOME
 def test_qlora_under_zero3_gets_quant_storage_equal_to_compute_dtype(tiny_model, tmp_path):
     from sft.recipe.finalize import fit_to_launch
 
@@ -178,6 +180,7 @@ def test_global_batch_sets_accumulation_or_is_refused(tiny_model, tmp_path):
 # sft launch
 
 
+@CPU_OUTCOME
 def test_launch_dry_run_names_profile_and_command(tiny_model, tmp_path):
     recipe = recipe_file(tmp_path, tiny_model)
     proc = run_cli("launch", recipe, "--num-processes", "2", "--dry-run", "--max_steps", "2")
@@ -253,9 +256,12 @@ def test_fsdp_is_refused_on_cpu_and_fixes_qlora_on_gpu(tiny_model, tmp_path):
         fit_to_launch(eight_bit, None, 2, on_gpu=True, fsdp=True)
 
 
-@pytest.mark.slow  # about 20 s on a busy 2-core machine: the real CLI imports torch and trl
-def test_launch_refuses_fsdp_on_cpu_before_starting(tiny_model, tmp_path):
-    recipe = recipe_file(tmp_path, tiny_model)
-    proc = run_cli("launch", recipe, "--profile", "fsdp2", "--num-processes", "2")
+@CPU_OUTCOME
+@pytest.mark.parametrize("profile", ["fsdp2", "fsdp2_qlora"])
+def test_launch_refuses_fsdp_on_cpu_before_starting(profile, tiny_model, tmp_path):
+    """sft's own fsdp2 path on CPU: `sft launch` reads the recipe, detects 2 CPU processes, picks the profile and
+    runs its checks, which refuse in one line before any process starts or anything is written."""
+    recipe = recipe_file(tmp_path, tiny_model, **({"method": "qlora"} if profile == "fsdp2_qlora" else {}))
+    proc = run_cli_in_process("launch", recipe, "--profile", profile, "--num-processes", "2")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "FSDP runs on GPUs only" in proc.stderr and not (tmp_path / "out").exists()
