@@ -34,6 +34,7 @@ class Skeleton:
     literals: list[str]  # the text around the slots: literals[0], slot 0, literals[1], ..., literals[-1]
     trims: list[tuple[bool, bool]]  # per slot (message order): whether the template trims its start, its end
     bounds: list[tuple[int, int]]  # each span boundary: (slots before it, offset in the text without the slots)
+    fell_back: bool = False  # mask_fallback: last_assistant chose the last turn alone
     checked: int = 0  # rows compared with the exact path so far
 
 
@@ -72,7 +73,7 @@ def skeleton_with(plan, messages, example, loss_mode, fallback, pre: str, post: 
             if any(a < point < b for a, b in regions):
                 return None
             bounds.append((len(before), point - sum(b - a for a, b in before)))
-    return Skeleton(literals, trims, bounds)
+    return Skeleton(literals, trims, bounds, rendered[0].fell_back)
 
 
 def prompts_lead(plan: MaskPlan, probe: list[dict], example: dict, text: str, loss_mode: str) -> bool:
@@ -104,7 +105,7 @@ def fill(skeleton: Skeleton, texts: list[str]) -> Rendered:
     for piece, literal in zip(filled, skeleton.literals[1:]):
         out += [piece, literal]
     points = [offset + offsets[slots] for slots, offset in skeleton.bounds]
-    return Rendered("".join(out), list(zip(points[::2], points[1::2])))
+    return Rendered("".join(out), list(zip(points[::2], points[1::2])), fell_back=skeleton.fell_back)
 
 
 class Skeletons:

@@ -32,16 +32,16 @@ def rows_of_one_shape(draw, name):
     return [{"messages": [{"role": role, "content": draw(ODD)} for role in shape]} for _ in range(4)]
 
 
-def outcome(plan, example, mode):
+def outcome(plan, example, mode, fallback):
     try:
-        return chat_examples(plan, example, mode, "context")
+        return chat_examples(plan, example, mode, fallback)
     except MaskError as err:
         return str(err)
 
 
-def fast_outcome(skeletons, example, mode):
+def fast_outcome(skeletons, example, mode, fallback):
     try:
-        return skeletons.examples(example, mode, "context")
+        return skeletons.examples(example, mode, fallback)
     except MaskError as err:
         return str(err)
 
@@ -57,11 +57,13 @@ def test_the_fast_path_equals_the_exact_path(name, data):
     """TRL's templates are in the slow set, as in test_real_template_structures."""
     tokenizer, stops = tokenizer_for(name)
     rows = data.draw(rows_of_one_shape(name))
-    for mode in ("assistant", "all", "last_assistant"):
+    for mode, fallback in [("assistant", "context"), ("assistant", "last_assistant"), ("all", "context"),
+                           ("last_assistant", "context")]:
         plan = plan_masks(tokenizer, mode, stop_tokens=stops)
         skeletons = Skeletons(plan, verify_first=0, sample=0)  # never compared: the fill alone must be right
         for example in rows:
-            assert fast_outcome(skeletons, example, mode) == outcome(plan, example, mode), (name, mode, example)
+            assert (fast_outcome(skeletons, example, mode, fallback) == outcome(plan, example, mode, fallback)), (
+                name, mode, fallback, example)
 
 
 def conversation(*texts):
