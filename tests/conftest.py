@@ -137,7 +137,7 @@ def hub(tmp_path_factory):
 # Under pytest-xdist (pyproject's addopts: `-n auto --dist loadgroup`) each worker builds its own session and module
 # fixtures. Tests sharing a costly trained fixture go to one worker so it trains once, and tests that start several
 # processes (accelerate's default port 29500, the one-node Slurm cluster) go to one worker so they never collide.
-SHARED_RUNS = ("lora_run", "finished", "tracked_run", "quickstart_model", "published")
+SHARED_RUNS = ("lora_run", "finished", "tracked_run", "quickstart_model", "published", "base")
 PROCESS_MODULES = {"test_distributed.py", "test_multinode.py", "test_fsdp2.py", "test_slurm.py", "test_profiles.py",
                    "test_data_once_per_node.py", "test_stop_request.py", "test_bench.py", "test_step_overhead.py"}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sft.errors import UserError
 from sft.masks.cache import cache_key, cache_root, scratch_file, scratch_name
 from sft.masks.plan import IGNORE, MaskError, MaskPlan, plan_masks
+from sft.masks.skeleton import skeletons_for
 from sft.masks.spans import FALLBACKS, Rendered, chat_examples
 
 COLUMNS = ("input_ids", "labels", "length", "trained", "truncated", "lost", "error", "where", "source", "fallback",
@@ -22,10 +23,14 @@ def default_mode(example: dict) -> str:
     return "completion" if example.get("completion") is not None else "all"
 
 
-def render_example(example: dict, plan: MaskPlan, loss_mode: str | None, fallback: str, eos: str) -> list[Rendered]:
-    """The examples one normalised row becomes (more than one where a conversation is split)."""
+def render_example(example: dict, plan: MaskPlan, loss_mode: str | None, fallback: str, eos: str,
+                   fast: bool = True) -> list[Rendered]:
+    """The examples one normalised row becomes (more than one where a conversation is split). `fast`: chat rows
+    through the skeleton of their shape (sft.masks.skeleton), equal to the exact path."""
     mode = loss_mode or default_mode(example)
     if example.get("messages") is not None:
+        if fast:
+            return skeletons_for(plan).examples(example, mode, fallback)
         return chat_examples(plan, example, mode, fallback)
     if example.get("completion") is not None:
         prompt, completion = example["prompt"], example["completion"]
