@@ -181,3 +181,17 @@ def peft_config(recipe):
     from trl import get_peft_config
 
     return get_peft_config(recipe.model)
+
+
+def trainable_parameters(model) -> str:
+    """'trainable parameters: N of M (P%)', counting each 4-bit weight by its real element count (bitsandbytes
+    packs two 4-bit values per byte, so its Params4bit.numel() is half the weight's)."""
+    import math
+
+    trainable = total = 0
+    for param in model.parameters():
+        quant_state = getattr(param, "quant_state", None)
+        count = math.prod(quant_state.shape) if quant_state is not None else param.numel()
+        total += count
+        trainable += count if param.requires_grad else 0
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
