@@ -20,10 +20,11 @@ PIP_NAMES = {
     "flash_attn": "flash-attn --no-build-isolation",
     "flash_attn_interface": "FlashAttention-3 (flash-attention's hopper/ build)",
     "kernels": "kernels",
-    "liger_kernel": "'sft[liger]' (liger-kernel)",
-    "tensorboard": "'sft[tensorboard]'",
-    "wandb": "'sft[wandb]'",
-    "trackio": "'sft[trackio]'",
+    # The README's install form, from the checkout: `pip install 'sft[...]'` would fetch another PyPI package.
+    "liger_kernel": "-e \".[liger]\" (liger-kernel)",
+    "tensorboard": "-e \".[tensorboard]\"",
+    "wandb": "-e \".[wandb]\"",
+    "trackio": "-e \".[trackio]\"",
     "torchao": "torchao",
 }
 # report_to name -> modules, any of which makes it available (transformers accepts tensorboardX too).

@@ -20,9 +20,8 @@ def check_model_source(recipe) -> None:
 
 # Weight files that are pickles: loading one can run code.
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
-PICKLE_ADVICE = ("convert it to safetensors (load it once with weights_only and save_pretrained(..., "
-                 "safe_serialization=True)), or set trust_remote_code: true to allow it (loaded with "
-                 "weights_only)")
+PICKLE_ADVICE = ("sft loads only safetensors: convert it once (AutoModelForCausalLM.from_pretrained(FOLDER, "
+                 "use_safetensors=False).save_pretrained(FOLDER), which writes model.safetensors)")
 
 
 def check_local_model(folder: Path, trust_remote_code: bool, source: str) -> None:
@@ -44,11 +43,12 @@ def check_local_model(folder: Path, trust_remote_code: bool, source: str) -> Non
                    f"its model_type {model_type!r} is unknown to this transformers; or upgrade transformers")
             raise UserError(f"{source}: model {folder} needs its own Python code ({why}); set trust_remote_code: "
                             "true if you trust that code")
-        if not list(folder.glob("*.safetensors")):
-            pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
-            if pickles:
-                raise UserError(f"{source}: model {folder} has only pickled weights ({', '.join(pickles)}), which "
-                                f"are refused because loading a pickle can run code; {PICKLE_ADVICE}")
+    # Refused even with trust_remote_code: that trusts the model's code, not a pickle torch.load would run.
+    if not list(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+        if pickles:
+            raise UserError(f"{source}: model {folder} has only pickled weights ({', '.join(pickles)}), which "
+                            f"are refused because loading a pickle can run code; {PICKLE_ADVICE}")
 
 
 def load_tokenizer(recipe):
@@ -126,7 +126,7 @@ def load_model(recipe, tokenizer, added_tokens: list[str]):
         trust_remote_code=recipe.training.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
         dtype=torch_dtype(model_args.dtype) or "auto",
-        use_safetensors=True if not recipe.training.trust_remote_code else None,
+        use_safetensors=True,
     )
     quant = quantization_config(recipe)
     if quant is not None:
@@ -137,7 +137,7 @@ def load_model(recipe, tokenizer, added_tokens: list[str]):
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as err:
         message = str(err).splitlines()[0]
-        if "model.safetensors" in message and kwargs["use_safetensors"]:
+        if "model.safetensors" in message:
             message += f" (pickled weights such as pytorch_model.bin are refused: {PICKLE_ADVICE})"
         raise UserError(f"{model_args.model_name_or_path}: cannot load model: {message}") from err
     except ValueError as err:
@@ -210,3 +210,17 @@ def peft_config(recipe):
     from trl import get_peft_config
 
     return get_peft_config(recipe.model)
+
+
+def trainable_parameters(model) -> str:
+    """'trainable parameters: N of M (P%)', counting each 4-bit weight by its real element count (bitsandbytes
+    packs two 4-bit values per byte, so its Params4bit.numel() is half the weight's)."""
+    import math
+
+    trainable = total = 0
+    for param in model.parameters():
+        quant_state = getattr(param, "quant_state", None)
+        count = math.prod(quant_state.shape) if quant_state is not None else param.numel()
+        total += count
+        trainable += count if param.requires_grad else 0
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"

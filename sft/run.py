@@ -130,6 +130,10 @@ def checked_trainer(recipe):
         peft_config=peft_config(recipe),
         callbacks=callbacks,
     )
+    from sft.console import say
+    from sft.model import trainable_parameters
+
+    say(trainable_parameters(trainer.model))  # after TRL wrapped LoRA/QLoRA: what the optimizer will update
     trackers_last(trainer)  # so report_to gets the metrics our callbacks add (eval_perplexity)
     moved = lock_output_dir_on_all_ranks(recipe.training.output_dir, trainer.accelerator.is_main_process,
                                          trainer.args.device, move_earlier_run=start.move_aside)

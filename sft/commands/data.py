@@ -29,9 +29,16 @@ def tokenizer_for(tokenizer_name, recipe):
 
 
 def output_folder(output, files, what):
+    """The folder to write into; a UserError, before anything is written, when -o names an existing file."""
     from pathlib import Path
 
-    return Path(output) if output else Path(files[0]).parent / f"{Path(files[0]).stem}.{what}"
+    from sft.errors import UserError
+
+    folder = Path(output) if output else Path(files[0]).parent / f"{Path(files[0]).stem}.{what}"
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"-o {output or folder}: is a file; -o names a folder for the {what} files "
+                        f"(for example -o {folder.with_suffix('')}.{what})")
+    return folder
 
 
 tokenizer_options = [
@@ -66,10 +73,10 @@ def stats(files, tokenizer_name, recipe, output, as_json):
     from sft.after_training.generation import quiet
 
     quiet()
+    out_dir = output_folder(output, files, "stats")
     tokenizer = tokenizer_for(tokenizer_name, recipe)
     if tokenizer is None:
         raise UserError("sft data stats counts tokens: pass --tokenizer MODEL or --recipe RECIPE")
-    out_dir = output_folder(output, files, "stats")
     report = compute(list(files), tokenizer, out_dir)
     if as_json:
         click.echo(json.dumps(report))
@@ -102,8 +109,8 @@ def dedupe(files, tokenizer_name, recipe, output, threshold, keep_empty, min_tok
         from sft.errors import UserError
 
         raise UserError(f"--threshold {threshold}: must be in (0, 1]")
-    tokenizer = tokenizer_for(tokenizer_name, recipe)
     out_dir = output_folder(output, files, "deduped")
+    tokenizer = tokenizer_for(tokenizer_name, recipe)
     report = run(list(files), out_dir, threshold, not keep_empty, min_tokens, max_tokens, tokenizer)
     for path, counts in report.items():
         dropped = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()

@@ -56,8 +56,10 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
 
 
-def hub_error(err: Exception, what: str, repo_id: str, revision: str | None, path: str | None = None) -> UserError:
+def hub_error(err: Exception, what: str, repo_id: str, revision: str | None, path: str | None = None,
+              upload: bool = False) -> UserError:
     """One line for any failure of the Hub client (never the token, never a traceback)."""
+    import httpx2  # huggingface_hub's HTTP client: its network errors are neither ConnectionError nor OSError
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
@@ -71,7 +73,13 @@ def hub_error(err: Exception, what: str, repo_id: str, revision: str | None, pat
         return UserError(f"{what}: revision {at} does not exist in {repo_id}; give a branch, tag or commit of it")
     if isinstance(err, RemoteEntryNotFoundError):
         return UserError(f"{what}: {repo_id} has no file {path} at revision {at}")
-    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)) or isinstance(err, ConnectionError):
+    if upload and isinstance(err, (OfflineModeIsEnabled, ConnectionError, httpx2.TransportError)):
+        from huggingface_hub import constants
+
+        why = "HF_HUB_OFFLINE=1 is set; unset it" if offline() else \
+            f"cannot reach the Hub at {constants.ENDPOINT} ({err}); check the network or HF_ENDPOINT"
+        return UserError(f"{what}: {why} and rerun (nothing was uploaded)")
+    if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, httpx2.TransportError)):
         why = "HF_HUB_OFFLINE=1" if offline() else "the Hub cannot be reached"
         return UserError(f"{what}: not in the local cache and {why}; run it once with network access to cache it")
     if isinstance(err, HfHubHTTPError):
@@ -83,7 +91,9 @@ def hub_error(err: Exception, what: str, repo_id: str, revision: str | None, pat
 def hub_errors():
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 
-    return (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, ConnectionError, OSError)
+    import httpx2
+
+    return (HfHubHTTPError, EntryNotFoundError, OfflineModeIsEnabled, ConnectionError, OSError, httpx2.TransportError)
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ def _commit(repo_id: str, files: dict[str, bytes], message: str, token, private:
         info = api.create_commit(repo_id, [CommitOperationAdd(path, content) for path, content in files.items()],
                                  commit_message=message, revision=revision, repo_type=repo_type)
     except hub_errors() as err:
-        raise hub_error(err, f"uploading to {repo_id}", repo_id, revision) from err
+        raise hub_error(err, f"uploading to {repo_id}", repo_id, revision, upload=True) from err
     return repo_id, info.oid
 
 
@@ -168,7 +168,7 @@ def push_run(run_dir, repo_id: str, token: str | None = None, private: bool = Fa
         try:
             repo_id = f"{_api(token).whoami()['name']}/{repo_id}"
         except hub_errors() as err:
-            raise hub_error(err, f"pushing {run_dir}", repo_id, revision) from err
+            raise hub_error(err, f"pushing {run_dir}", repo_id, revision, upload=True) from err
     files["README.md"] = build_card(run_dir, repo_id).encode()
     repo_id, commit = _commit(repo_id, files, f"Upload {run_dir.name} trained with sft", token, private, revision)
     return f"pushed {run_dir} to {repo_id} at {commit[:12]} ({len(files)} files, model card included)"

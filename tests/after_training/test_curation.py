@@ -96,3 +96,18 @@ def test_stats_with_the_runs_tokenizer(files, tmp_path, tiny_model):
                                                  return_dict=True)["input_ids"]) for r in (qa(100), qa(101))]
     assert report["rows"] == 2 and report["max"] == max(lengths) and report["tokens"] == sum(lengths)
     assert (tmp_path / "s" / "token_lengths.png").read_bytes()[:4] == b"\x89PNG"
+
+
+
+@pytest.mark.parametrize("command, what", [(["split"], "split"), (["dedupe"], "deduped"),
+                                           (["stats", "--tokenizer", "never-loaded"], "stats")])
+def test_output_that_is_an_input_file_is_one_line_and_leaves_it_untouched(command, what, files, tmp_path):
+    train, _ = files
+    before = digest(train)
+    result = run_cli("data", *command, train, "-o", train)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: -o {train}: is a file; -o names a folder for the {what} files (for example -o "
+        f"{tmp_path / 'train'}.{what})"]
+    assert digest(train) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.jsonl", "train.jsonl"]

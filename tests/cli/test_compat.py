@@ -430,13 +430,13 @@ CPU = Machine(on_gpu=False, installed=frozenset({"tensorboard"}))
      "attn_implementation kernels-community/flash-attn2 loads a Hub kernel and needs the kernels package: "
      "pip install kernels, or set attn_implementation: sdpa"),
     ({"use_liger_kernel": True},
-     "use_liger_kernel: true needs liger-kernel, which is not installed: pip install 'sft[liger]' (liger-kernel), "
-     "or set use_liger_kernel: false"),
+     "use_liger_kernel: true needs liger-kernel, which is not installed: pip install -e \".[liger]\" "
+     "(liger-kernel), or set use_liger_kernel: false"),
     ({"padding_free": True, "packing": False},
      "padding_free: true without packing: TRL cannot enforce max_length on unpacked padding-free batches; set "
      "packing: true (packing_strategy: bfd) or padding_free: false"),
-    ({"report_to": ["wandb"]}, "report_to wandb: wandb is not installed: pip install 'sft[wandb]', or remove wandb "
-                               "from report_to"),
+    ({"report_to": ["wandb"]}, "report_to wandb: wandb is not installed: pip install -e \".[wandb]\", or remove "
+                               "wandb from report_to"),
 ])
 def test_on_a_gpu_machine_a_missing_package_stops_with_what_to_install(values, message):
     with pytest.raises(UserError) as err:

@@ -91,6 +91,10 @@ def test_qlora_trains_an_adapter_on_a_4bit_base(entry, tmp_path, tiny_model, dat
     resolved = (out / "recipe.yaml").read_text()
     assert "load_in_4bit: true" in resolved and "use_bnb_nested_quant: true" in resolved
     assert "base loaded in 4-bit NF4, double quantization, compute float32, storage float32" in proc.stderr
+    # 4-bit weights count as their real element count, the same as in the unquantized base
+    base = sum(v.numel() for v in load_file(str(tiny_model / "model.safetensors")).values())
+    lora = sum(v.numel() for v in adapter.values())
+    assert f"sft: trainable parameters: {lora:,} of {base + lora:,} ({100 * lora / (base + lora):.2f}%)" in proc.stderr
 
 
 def test_lora_on_an_8bit_base(tmp_path, tiny_model, data_file):

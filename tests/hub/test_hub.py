@@ -225,3 +225,27 @@ def test_saved_recipe_holds_no_token(tmp_path, tiny_model):
     text = (tmp_path / "resolved.yaml").read_text()
     assert HUB_TOKEN not in text and "hub_token" not in text
     assert yaml.safe_load(text)["env"] == {"SFT_TEST_PLAIN": "kept"}
+
+
+def test_push_and_publish_with_the_hub_unreachable_fail_with_one_line(tmp_path, tiny_model):
+    """A closed loopback port stands for a machine without network: the real client raises its own ConnectError
+    (neither ConnectionError nor OSError); each command says which Hub it could not reach, in one line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_TOKEN": HUB_TOKEN, "HF_HOME": str(tmp_path / "hf")}
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run)
+    (run / "recipe.yaml").write_text(yaml.safe_dump({"model_name_or_path": str(tiny_model), "method": "full"}))
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path="tester/base", dataset_name="trl-lib/Capybara")
+    for args, what in [(["push", run, "tester/run"], "uploading to tester/run"),
+                       (["push", run, "run"], f"pushing {run}"),  # no namespace: asks the Hub who the token is
+                       (["publish-recipe", recipe, "tester/recipes"], "uploading to tester/recipes")]:
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"error: {what}: cannot reach the Hub at {endpoint} ([Errno 111] Connection refused); check the network "
+            "or HF_ENDPOINT and rerun (nothing was uploaded)"], proc.stderr
+    offline = run_cli("publish-recipe", recipe, "tester/recipes", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 2 and offline.stderr.splitlines() == [
+        "error: uploading to tester/recipes: HF_HUB_OFFLINE=1 is set; unset it and rerun (nothing was uploaded)"]
