@@ -1,13 +1,14 @@
 """`sft launch`: pick a profile with the planner for the GPUs (or, on a CPU machine, the processes) at hand, refuse
 what cannot work, and run `accelerate launch --config_file accelerate_configs/NAME.yaml ... sft/run.py RECIPE`."""
 
+import importlib.util
 import os
 import shlex
 import subprocess
 import sys
 
 from sft.errors import UserError
-from sft.launch.profiles import PROFILES, RUN_SCRIPT, applicable, combination_fixes, profile_named
+from sft.launch.profiles import DEEPSPEED_INSTALL, PROFILES, RUN_SCRIPT, applicable, combination_fixes, profile_named
 
 
 def detect(num_processes: int | None) -> tuple[bool, int, float]:
@@ -65,6 +66,10 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
     # Every process of the run fits the recipe to the launch (sft/recipe/finalize.py); here only the refusals,
     # before anything starts.
     chosen = PROFILES[name]
+    if chosen.deepspeed_config and importlib.util.find_spec("deepspeed") is None:
+        # accelerate itself would fail with a traceback before the run starts
+        raise UserError(f"profile {name} needs DeepSpeed, which is not installed; install it after torch with: "
+                        f"{DEEPSPEED_INSTALL}")
     combination_fixes(recipe, chosen.zero_stage, processes, on_gpu, chosen.read_deepspeed_config(), chosen.fsdp)
     cmd = accelerate_command(name, processes, recipe_address, overrides)
     say(f"profile {name} ({why}), {processes} {'GPU' if on_gpu else 'CPU'} process{'es' * (processes > 1)}")
