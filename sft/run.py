@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     address, overrides = exit_on_user_error(split_command_line, argv)
     summary = exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
     if summary.get("interrupted"):
-        sys.exit(EXIT_INTERRUPTED)
+        from sft.launch.status import report_end
+
+        # under sft launch the ranks exit 0 (torch-elastic then reports no failure) and the launcher exits 130
+        if not report_end(EXIT_INTERRUPTED, failing=False):
+            sys.exit(EXIT_INTERRUPTED)
     from sft.train.hardware import world_size
 
     if world_size() > 1:

@@ -1,11 +1,16 @@
-"""`sft launch` with several processes behaves as one process does: a missing DeepSpeed is one line before
-anything starts."""
+"""`sft launch` with several processes behaves as one process does: a bad input or a missing DeepSpeed is one
+line and exit 2, a Ctrl-C checkpoints every rank and exits 130, and the threads cannot oversubscribe the cores.
+Real `sft launch` / `accelerate launch` runs of 2 CPU processes over gloo."""
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.launch.test_profiles import recipe_file
 
 
@@ -46,3 +51,56 @@ def test_a_cpu_run_picks_threads_that_cannot_oversubscribe_and_says_so_first(tmp
     proc = subprocess.run([sys.executable, "-m", "sft.cli", "check", str(recipe)], env={**env, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600, check=False)
     assert "CPU threads: 1 per process (OMP_NUM_THREADS=1; set OMP_NUM_THREADS to choose)" in proc.stdout, proc.stdout
+
+
+def bad_row_recipe(tmp_path, tiny_model):
+    recipe = recipe_file(tmp_path, tiny_model, max_steps=1, save_strategy="no")
+    with open(tmp_path / "data.jsonl", "a") as data:  # line 9: what a careless edit leaves
+        data.write(json.dumps({"instruction": "Uppercase: word9", "output": "  "}) + "\n")
+    return recipe
+
+
+LINE_9 = ("error: {}:9: 'output' is missing or empty; fix the data or set skip_bad_rows: true to skip and count such "
+          "rows")
+
+
+def test_bad_input_under_two_processes_is_one_line_and_exit_2(tmp_path, tiny_model):
+    recipe = bad_row_recipe(tmp_path, tiny_model)
+    proc = run_cli("launch", recipe, "--num-processes", "2")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert [line for line in lines if not line.startswith("sft: ")] == [LINE_9.format(tmp_path / "data.jsonl")], lines
+    assert not (tmp_path / "out").exists()
+
+    # plain accelerate launch: torch-elastic still reports the failed ranks, but the line is printed once
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(REPO / "accelerate_configs" / "multi_gpu.yaml"), "--num_processes", "2",
+                           str(REPO / "sft" / "run.py"), str(recipe)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: ") == 1, proc.stderr[-3000:]
+
+
+def test_a_ctrl_c_to_the_launcher_checkpoints_every_rank_and_exits_130(tmp_path, tiny_model):
+    import psutil
+
+    recipe = recipe_file(tmp_path, tiny_model, max_steps=10_000, save_strategy="no", logging_steps=1)
+    launcher = subprocess.Popen([sys.executable, "-m", "sft.cli", "launch", str(recipe), "--num-processes", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "out" / "recipe.yaml").exists():  # written once every input is checked
+        assert launcher.poll() is None and time.time() < deadline, launcher.communicate()
+        time.sleep(0.5)
+    time.sleep(2)
+    agent = psutil.Process(launcher.pid).children()[0]  # accelerate (torch-elastic), whose children are the ranks
+    ranks = agent.children()
+    assert len(ranks) == 2
+    launcher.send_signal(signal.SIGINT)  # the launcher's pid alone, as `kill -INT PID` does
+    out, err = launcher.communicate(timeout=300)
+
+    assert launcher.returncode == 130, err[-3000:]
+    stopped = re.findall(r"^sft: interrupted \(Ctrl-C\) at step (\d+): checkpoint-\1 saved in ", err, re.M)
+    assert len(stopped) == 1, err[-3000:]
+    checkpoint = tmp_path / "out" / f"checkpoint-{stopped[0]}"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
+    assert "Traceback" not in err and "ChildFailedError" not in err and "Aborted" not in err
+    assert not [r for r in ranks if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
