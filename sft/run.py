@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         # Everything is saved and the process group is gone, but DeepSpeed/gloo threads can still abort the
         # interpreter's teardown ("terminate called without an active exception", seen after resumed ZeRO-3 QLoRA
         # runs on CPU), failing a finished run. Leave without the teardown.
+        from sft.masks.cache import remove_owned_scratch
+
+        remove_owned_scratch()  # the shared data's folder: every rank is past using it
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

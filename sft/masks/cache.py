@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from functools import lru_cache
@@ -74,23 +75,55 @@ def cache_key(dataset, tokenizer, plan, settings: dict) -> str:
     return digest.hexdigest()[:32]
 
 
+@lru_cache(maxsize=None)
 def scratch_root() -> Path:
+    """Where runs keep their scratch folders; those of runs on this host that are gone (SIGKILLed, or out of
+    memory) are removed the first time a process asks."""
     root = cache_root() / "scratch"
     root.mkdir(parents=True, exist_ok=True)
+    for folder in root.glob(f"*-{socket.gethostname()}-*"):
+        if not pid_alive(int(folder.name.split("-")[2])):
+            shutil.rmtree(folder, ignore_errors=True)
     return root
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def owned_name(kind: str) -> str:
+    """`KIND-HOST-PID-`: whose folder it is, so a later run on this host can tell a dead run's leftovers (the cache
+    may be on a file system several nodes share)."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+OWNED: list[Path] = []  # scratch folders this process made
+
+
+def remove_at_exit(folder: Path) -> None:
+    if not OWNED:
+        owner = os.getpid()  # not from a forked worker (datasets' num_proc) that inherited the handler
+        atexit.register(lambda: os.getpid() == owner and remove_owned_scratch())
+    OWNED.append(folder)
+
+
+def remove_owned_scratch() -> None:
+    """Remove the scratch folders this process made: at exit, or before a distributed run leaves without the
+    interpreter's teardown (sft/run.py), which skips atexit."""
+    while OWNED:
+        shutil.rmtree(OWNED.pop(), ignore_errors=True)
 
 
 @lru_cache(maxsize=None)
 def scratch_dir() -> Path:
-    root = scratch_root()
-    folder = Path(tempfile.mkdtemp(dir=root, prefix=f"run-{os.getpid()}-"))
-    owner = os.getpid()
-
-    def remove():
-        if os.getpid() == owner:  # not from a forked worker (datasets' num_proc) that inherited the handler
-            shutil.rmtree(folder, ignore_errors=True)
-
-    atexit.register(remove)
+    folder = Path(tempfile.mkdtemp(dir=scratch_root(), prefix=owned_name("run")))
+    remove_at_exit(folder)
     return folder
 
 

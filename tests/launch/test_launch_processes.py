@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -104,3 +105,26 @@ def test_a_ctrl_c_to_the_launcher_checkpoints_every_rank_and_exits_130(tmp_path,
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
     assert "Traceback" not in err and "ChildFailedError" not in err and "Aborted" not in err
     assert not [r for r in ranks if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_two_process_run_leaves_no_scratch_and_sweeps_what_killed_runs_left(tmp_path, tiny_model):
+    cache = tmp_path / "cache"
+    env = {"SFT_CACHE_DIR": str(cache)}
+    # a run SIGKILLed after it made its scratch folder, as the OOM killer does
+    script = ("from sft.masks.cache import scratch_file; import time; open(scratch_file('rows'), 'w').write('x'); "
+              "print('ready', flush=True); time.sleep(600)")
+    killed = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              text=True)
+    assert killed.stdout.readline() == "ready\n"
+    killed.kill()
+    killed.wait()
+    left = list((cache / "scratch").iterdir())
+    assert len(left) == 1 and any(left[0].iterdir())
+    live = cache / "scratch" / f"run-{socket.gethostname()}-{os.getpid()}-live"  # this process's: kept
+    live.mkdir()
+
+    recipe = recipe_file(tmp_path, tiny_model, max_steps=1, save_strategy="no")
+    proc = run_cli("launch", recipe, "--num-processes", "2", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert list((cache / "scratch").iterdir()) == [live]  # no shared-*, run-* of this run, none of the killed one
