@@ -22,6 +22,10 @@ def quiet_library_noise() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # TRL's own SFTConfig default sets the renamed `gradient_checkpointing`; the user did nothing wrong.
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    # DeepSpeed ZeRO-3 calls torch's deprecated reduce_scatter_tensor ~40 times a step, and each filter change
+    # elsewhere re-arms the warning: 80 lines a step on CPU buried the loss.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.reduce_scatter_tensor` is deprecated",
+                            category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
