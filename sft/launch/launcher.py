@@ -115,7 +115,7 @@ def supervise(cmd: list[str], env: dict) -> int:
         if end.get("line"):
             print(end["line"], file=sys.stderr)
         return end["code"]
-    return 128 + received[0] if received and proc.returncode else proc.returncode
+    return 128 + received[0] if received else proc.returncode  # stopped by a signal: as shells report it
 
 
 def signal_ranks(launcher_pid: int, signum: int) -> None:
@@ -123,7 +123,8 @@ def signal_ranks(launcher_pid: int, signum: int) -> None:
     import psutil
 
     try:
-        ranks = psutil.Process(launcher_pid).children()
+        agent = psutil.Process(launcher_pid)
+        ranks = agent.children() or [agent]  # none started yet: accelerate stops before it starts them
     except psutil.NoSuchProcess:
         return
     for rank in ranks:
