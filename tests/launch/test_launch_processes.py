@@ -130,7 +130,7 @@ def test_a_two_process_run_leaves_no_scratch_and_sweeps_what_killed_runs_left(tm
     assert list((cache / "scratch").iterdir()) == [live]  # no shared-*, run-* of this run, none of the killed one
 
 
-def test_torchs_reduce_scatter_deprecation_is_silenced_and_other_warnings_are_not(tmp_path):
+def test_torchs_collective_deprecations_are_silenced_and_other_warnings_are_not(tmp_path):
     """What ZeRO-3 calls ~40 times a step, here in a one-process gloo group, the warning re-armed between calls by
     a filter change as libraries make them during a step."""
     script = """
@@ -142,10 +142,11 @@ for _ in range(3):
     with warnings.catch_warnings():
         warnings.simplefilter("default")  # re-arms warnings already shown, as libraries' catch_warnings do
     dist.reduce_scatter_tensor(torch.zeros(2), torch.ones(2))
+    dist.all_gather_into_tensor(torch.zeros(2), torch.ones(2))
 warnings.warn("sft's own notice", FutureWarning)
 dist.destroy_process_group()
 """.format(store=tmp_path / "store")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "reduce_scatter_tensor" not in proc.stderr, proc.stderr
+    assert "reduce_scatter_tensor" not in proc.stderr and "all_gather_into_tensor" not in proc.stderr, proc.stderr
     assert "FutureWarning: sft's own notice" in proc.stderr
