@@ -22,6 +22,11 @@ def quiet_library_noise() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # TRL's own SFTConfig default sets the renamed `gradient_checkpointing`; the user did nothing wrong.
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+    # DeepSpeed ZeRO-3 calls torch's deprecated reduce_scatter_tensor and all_gather_into_tensor dozens of times a
+    # step, and each filter change elsewhere re-arms the warnings: ~80 lines a step on CPU buried the loss.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated",
+        category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

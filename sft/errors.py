@@ -35,13 +35,21 @@ def exit_on_user_error(fn, *args, **kwargs):
     except UserError as err:
         if debug_enabled():
             raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        leave(EXIT_BAD_INPUT, f"error: {err}")
     except KeyboardInterrupt:
         if debug_enabled():
             raise
-        print("sft: interrupted (Ctrl-C)", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        leave(EXIT_INTERRUPTED, "sft: interrupted (Ctrl-C)")
+
+
+def leave(code: int, line: str):
+    """Exit with one line on stderr: printed by one process of a multi-process run (see sft/launch/status.py)."""
+    from sft.launch.status import prints_for_the_run, report_end
+
+    report_end(code, line)
+    if prints_for_the_run():
+        print(line, file=sys.stderr)
+    sys.exit(code)
 
 
 def read_utf8(path, shown=None) -> str:

@@ -186,16 +186,27 @@ def main(argv: list[str] | None = None) -> None:
     from sft.train.hardware import under_launcher, world_size
 
     if summary.get("interrupted"):
-        sys.exit(EXIT_INTERRUPTED)
-    if summary.get("stopped") and not under_launcher():
-        # Stopped on request (SIGTERM, SIGUSR1, the stop file): checkpointed, not finished. A supervisor must not
-        # read it as success. (Under a launcher, a rank's non-zero exit would read as a crash.)
-        sys.exit(EXIT_STOPPED)
+        from sft.launch.status import report_end
+
+        # under sft launch the ranks exit 0 (torch-elastic then reports no failure) and the launcher exits 130
+        if not report_end(EXIT_INTERRUPTED, failing=False):
+            sys.exit(EXIT_INTERRUPTED)
+    elif summary.get("stopped"):
+        from sft.launch.status import report_end
+
+        # Stopped on request (SIGTERM, SIGUSR1, the stop file): checkpointed, not finished, so a supervisor must not
+        # read it as success. Under sft launch the launcher exits with it; under a plain accelerate launch a rank's
+        # non-zero exit would read as a crash, so the ranks exit 0 there.
+        if not report_end(EXIT_STOPPED, failing=False) and not under_launcher():
+            sys.exit(EXIT_STOPPED)
 
     if world_size() > 1:
         # Everything is saved and the process group is gone, but DeepSpeed/gloo threads can still abort the
         # interpreter's teardown ("terminate called without an active exception", seen after resumed ZeRO-3 QLoRA
         # runs on CPU), failing a finished run. Leave without the teardown.
+        from sft.masks.cache import remove_owned_scratch
+
+        remove_owned_scratch()  # the shared data's folder: every rank is past using it
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

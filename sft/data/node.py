@@ -3,10 +3,8 @@ local main process of each node prepares the data while the other ranks wait, th
 run-scoped folder on the node (Arrow files, memory-mapped) instead of reading, rendering and tokenizing it again.
 A problem with the data reaches every rank as the same error."""
 
-import atexit
 import json
 import os
-import shutil
 from pathlib import Path
 
 from sft.errors import UserError
@@ -23,13 +21,13 @@ def once_per_node(prepare):
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from sft.masks.cache import scratch_name, scratch_root
+    from sft.masks.cache import owned_name, remove_at_exit, scratch_name, scratch_root
 
     state = PartialState()
-    name = [scratch_name() if state.is_main_process else None]
+    name = [owned_name("shared") + scratch_name() if state.is_main_process else None]
     broadcast_object_list(name)  # one folder name for the run, the same on every node
     # the cache may be on a file system every node sees: one folder per node, named by its local main's rank
-    folder = scratch_root() / f"shared-{name[0]}-{state.process_index - state.local_process_index}"
+    folder = scratch_root() / f"{name[0]}-{state.process_index - state.local_process_index}"
     data = error = None
     with state.local_main_process_first():
         try:
@@ -48,13 +46,6 @@ def once_per_node(prepare):
     if error is not None:
         raise error
     return data
-
-
-def remove_at_exit(folder: Path) -> None:
-    """The shared files stay while this process lives (the other ranks' datasets read them, and datasets may
-    write its cache files beside them)."""
-    owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
 
 
 def save_error(folder: Path, message: str) -> None:

@@ -126,6 +126,8 @@ def load_local_file(path: Path) -> Part:
     """One local file as a dataset (datasets' Arrow cache, memory-mapped), with where each row is."""
     from datasets import load_dataset
 
+    from sft.masks.cache import file_digest
+
     builder = LOCAL_BUILDERS.get(path.suffix)
     if builder is None:
         raise UserError(f"{path}: unsupported file type (use {', '.join(LOCAL_BUILDERS)})")
@@ -141,7 +143,8 @@ def load_local_file(path: Path) -> Part:
     verbosity = datasets_logging.get_verbosity()
     datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its parser logs an error before raising it
     try:
-        dataset = load_dataset(builder, data_files=[str(path)], split="train")
+        # datasets keys its cache by path and modification time; the config name adds the contents
+        dataset = load_dataset(builder, name=f"sft-{file_digest(path)}", data_files=[str(path)], split="train")
     except Exception as err:  # datasets wraps parser errors in its own types; name the file and line instead
         if builder == "json":
             check_json_file(path)

@@ -1,13 +1,14 @@
 """`sft launch`: pick a profile with the planner for the GPUs (or, on a CPU machine, the processes) at hand, refuse
 what cannot work, and run `accelerate launch --config_file accelerate_configs/NAME.yaml ... sft/run.py RECIPE`."""
 
+import importlib.util
 import os
 import shlex
 import subprocess
 import sys
 
 from sft.errors import UserError
-from sft.launch.profiles import PROFILES, RUN_SCRIPT, applicable, combination_fixes, profile_named
+from sft.launch.profiles import DEEPSPEED_INSTALL, PROFILES, RUN_SCRIPT, applicable, combination_fixes, profile_named
 
 
 def detect(num_processes: int | None) -> tuple[bool, int, float]:
@@ -65,10 +66,81 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
     # Every process of the run fits the recipe to the launch (sft/recipe/finalize.py); here only the refusals,
     # before anything starts.
     chosen = PROFILES[name]
+    if chosen.deepspeed_config and importlib.util.find_spec("deepspeed") is None:
+        # accelerate itself would fail with a traceback before the run starts
+        raise UserError(f"profile {name} needs DeepSpeed, which is not installed; install it after torch with: "
+                        f"{DEEPSPEED_INSTALL}")
     combination_fixes(recipe, chosen.zero_stage, processes, on_gpu, chosen.read_deepspeed_config(), chosen.fsdp)
     cmd = accelerate_command(name, processes, recipe_address, overrides)
     say(f"profile {name} ({why}), {processes} {'GPU' if on_gpu else 'CPU'} process{'es' * (processes > 1)}")
     say("accelerate launch " + shlex.join(cmd[3:]))
     if dry_run:
         return 0
-    return subprocess.run(cmd, check=False, env={**os.environ, "SFT_LAUNCHED": "1"}).returncode
+    return supervise(cmd, {**os.environ, "SFT_LAUNCHED": "1"})
+
+
+def supervise(cmd: list[str], env: dict) -> int:
+    """Run accelerate and its ranks in a session of their own, so that a Ctrl-C reaches this process alone: it
+    forwards SIGINT/SIGTERM to the ranks, which checkpoint together and stop, and exits as they report (130 after a
+    Ctrl-C). A bad input is the ranks' one line, printed here once, with torch-elastic's report of the failed ranks
+    left out."""
+    import signal
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from sft.launch.status import STATUS_ENV, read_end
+
+    with tempfile.TemporaryDirectory(prefix="sft-launch-") as folder:
+        status = Path(folder) / "status.json"
+        proc = subprocess.Popen(cmd, env={**env, STATUS_ENV: str(status)}, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        received = []
+
+        def forward(signum, _frame):
+            received.append(signum)
+            signal_ranks(proc.pid, signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        relay = threading.Thread(target=relay_until_ended, args=(proc.stderr, status), daemon=True)
+        relay.start()
+        try:
+            proc.wait()
+            relay.join()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        end = read_end(status)
+    if end is not None:
+        if end.get("line"):
+            print(end["line"], file=sys.stderr)
+        return end["code"]
+    return 128 + received[0] if received else proc.returncode  # stopped by a signal: as shells report it
+
+
+def signal_ranks(launcher_pid: int, signum: int) -> None:
+    """The ranks are accelerate's (torch-elastic's) children; the agent itself would SIGKILL them 30 s later."""
+    import psutil
+
+    try:
+        agent = psutil.Process(launcher_pid)
+        ranks = agent.children() or [agent]  # none started yet: accelerate stops before it starts them
+    except psutil.NoSuchProcess:
+        return
+    for rank in ranks:
+        try:
+            rank.send_signal(signum)
+        except psutil.NoSuchProcess:
+            pass
+
+
+def relay_until_ended(stream, status) -> None:
+    """Copy the ranks' stderr (progress bars included) to ours until a rank has reported that it fails; what
+    follows is torch-elastic's account of the failed ranks, which the one line replaces."""
+    from sft.launch.status import read_end
+
+    out = sys.stderr.buffer
+    while chunk := os.read(stream.fileno(), 65536):
+        if not (status.exists() and (read_end(status) or {}).get("failing", True)):
+            out.write(chunk)
+            out.flush()

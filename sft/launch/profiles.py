@@ -18,6 +18,8 @@ RUN_SCRIPT = PACKAGE / "run.py"  # what `accelerate launch` runs
 # (pyproject.toml maps them in).
 ROOT = PACKAGE.parent if (PACKAGE.parent / "accelerate_configs").is_dir() else PACKAGE
 ACCELERATE_CONFIGS = ROOT / "accelerate_configs"
+# The README's form: the extra of this checkout, never `pip install 'sft[...]'` (another package on PyPI).
+DEEPSPEED_INSTALL = 'pip install -c constraints.txt --no-build-isolation -e ".[deepspeed]"'
 
 
 @dataclass(frozen=True)

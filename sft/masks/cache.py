@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from functools import lru_cache
 from pathlib import Path
 
-CACHE_VERSION = "3"  # bump when the masks module's output changes for the same inputs
+PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def cache_root() -> Path:
@@ -36,12 +37,36 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
+@lru_cache(maxsize=None)
+def labelling_code() -> str:
+    """A digest of the code and templates that turn rows into tokens and labels (sft/masks, sft/templates), so a
+    change to them, released or not, never reuses labels the old code produced."""
+    digest = hashlib.sha256()
+    for path in sorted([*(PACKAGE / "masks").iterdir(), *(PACKAGE / "templates").iterdir()]):
+        if path.is_file() and path.suffix in (".py", ".jinja"):
+            digest.update(f"{path.relative_to(PACKAGE)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def file_digest(path) -> str:
+    """A file's contents, hashed once per run (blake2b streams at about 1 GB/s): a key that an edit keeps apart
+    even when the modification time is preserved (`cp -p`, `rsync -t`, tar)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_key(dataset, tokenizer, plan, settings: dict) -> str:
-    """Examples (with their tools and chat_template_kwargs) + tokenizer + plan + settings + versions."""
+    """Examples (with their tools and chat_template_kwargs) + tokenizer + plan + settings + the labelling code and
+    library versions."""
     from importlib.metadata import version
 
     digest = hashlib.sha256()
-    header = {"v": CACHE_VERSION, "sft": version("sft"), "tokenizers": version("tokenizers"),
+    # sft itself is known by its labelling code, not its version: a source checkout run without `pip install`
+    # (`accelerate launch sft/run.py`, the GPU check) has no installed version to read.
+    header = {"code": labelling_code(), "tokenizers": version("tokenizers"),
               "transformers": version("transformers"), "template": plan.template, "stops": plan.stop_tokens,
               "closer": [plan.closer, plan.closer_written_last], "kwargs": plan.template_kwargs, **settings}
     digest.update(json.dumps(header, sort_keys=True, default=str).encode())
@@ -52,23 +77,55 @@ def cache_key(dataset, tokenizer, plan, settings: dict) -> str:
     return digest.hexdigest()[:32]
 
 
+@lru_cache(maxsize=None)
 def scratch_root() -> Path:
+    """Where runs keep their scratch folders; those of runs on this host that are gone (SIGKILLed, or out of
+    memory) are removed the first time a process asks."""
     root = cache_root() / "scratch"
     root.mkdir(parents=True, exist_ok=True)
+    for folder in root.glob(f"*-{socket.gethostname()}-*"):
+        if not pid_alive(int(folder.name.split("-")[2])):
+            shutil.rmtree(folder, ignore_errors=True)
     return root
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def owned_name(kind: str) -> str:
+    """`KIND-HOST-PID-`: whose folder it is, so a later run on this host can tell a dead run's leftovers (the cache
+    may be on a file system several nodes share)."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+OWNED: list[Path] = []  # scratch folders this process made
+
+
+def remove_at_exit(folder: Path) -> None:
+    if not OWNED:
+        owner = os.getpid()  # not from a forked worker (datasets' num_proc) that inherited the handler
+        atexit.register(lambda: os.getpid() == owner and remove_owned_scratch())
+    OWNED.append(folder)
+
+
+def remove_owned_scratch() -> None:
+    """Remove the scratch folders this process made: at exit, or before a distributed run leaves without the
+    interpreter's teardown (sft/run.py), which skips atexit."""
+    while OWNED:
+        shutil.rmtree(OWNED.pop(), ignore_errors=True)
 
 
 @lru_cache(maxsize=None)
 def scratch_dir() -> Path:
-    root = scratch_root()
-    folder = Path(tempfile.mkdtemp(dir=root, prefix=f"run-{os.getpid()}-"))
-    owner = os.getpid()
-
-    def remove():
-        if os.getpid() == owner:  # not from a forked worker (datasets' num_proc) that inherited the handler
-            shutil.rmtree(folder, ignore_errors=True)
-
-    atexit.register(remove)
+    folder = Path(tempfile.mkdtemp(dir=scratch_root(), prefix=owned_name("run")))
+    remove_at_exit(folder)
     return folder
 
 
