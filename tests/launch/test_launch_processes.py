@@ -49,7 +49,9 @@ def test_a_cpu_run_picks_threads_that_cannot_oversubscribe_and_says_so_first(tmp
     assert f"sft: CPU threads: {cores} per process ({cores} physical cores available; set OMP_NUM_THREADS to " \
            "choose)" in lines[:3], lines
 
-    proc = subprocess.run([sys.executable, "-m", "sft.cli", "check", str(recipe)], env={**env, "OMP_NUM_THREADS": "1"},
+    # another output_dir: `check` refuses the finished run above, as train would
+    proc = subprocess.run([sys.executable, "-m", "sft.cli", "check", str(recipe), "--output_dir", str(tmp_path / "o2")],
+                          env={**env, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600, check=False)
     assert "CPU threads: 1 per process (OMP_NUM_THREADS=1; set OMP_NUM_THREADS to choose)" in proc.stdout, proc.stdout
 
