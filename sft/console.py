@@ -16,10 +16,17 @@ def say(message: str) -> None:
         print(f"sft: {message}", file=sys.stderr, flush=True)
 
 
+def not_offline_trust_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Skipping publisher trust check")
+
+
 def quiet_library_noise() -> None:
     """Silence messages users cannot act on, so a bad input reads as one line."""
     # bitsandbytes looks for an optional CPU kernel on the Hub at import and logs its absence.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # With `kernels` installed that lookup goes through it, which under HF_HUB_OFFLINE logs that it skips the
+    # kernel's publisher trust check: the user chose offline, and only a kernel already in the cache can load.
+    logging.getLogger("kernels._internals.hf_hub").addFilter(not_offline_trust_notice)
     # TRL's own SFTConfig default sets the renamed `gradient_checkpointing`; the user did nothing wrong.
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     # DeepSpeed ZeRO-3 calls torch's deprecated reduce_scatter_tensor and all_gather_into_tensor dozens of times a

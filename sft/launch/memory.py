@@ -24,6 +24,7 @@ A profile fits when its estimate leaves 10% of the GPU free (HEADROOM).
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sft.errors import UserError
 from sft.launch.profiles import Profile, applicable
@@ -89,6 +90,8 @@ class Estimate:
 
 def load_config(source: str, revision: str | None = None, trust_remote_code: bool = False):
     """A model config from a local folder, a config.json file, or a Hub name (the config file only)."""
+    if not Path(source).exists():
+        reach_hub_config(source, revision)
     from transformers import AutoConfig
 
     try:
@@ -96,6 +99,33 @@ def load_config(source: str, revision: str | None = None, trust_remote_code: boo
     except (OSError, ValueError) as err:
         raise UserError(f"{source}: cannot read the model config: {str(err).splitlines()[0]}; pass a config.json "
                         "with --model-config") from err
+
+
+def reach_hub_config(repo_id: str, revision: str | None) -> None:
+    """Fail in one line, at once, when a Hub name's config is neither cached nor reachable: offline transformers
+    would import for seconds first, and with the Hub unreachable the client retries for ~30 s."""
+    import httpx2  # huggingface_hub's HTTP client: its network errors are neither ConnectionError nor OSError
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    from sft.hub.addresses import hub_errors, offline, quiet_client
+
+    hint = "pass a config.json with --model-config"
+    try:
+        hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=True)
+        return
+    except (*hub_errors(), ValueError):
+        pass  # not cached (or not a repo name): transformers says which below, once the Hub answers
+    if offline():
+        raise UserError(f"{repo_id}: model config not in the local cache and HF_HUB_OFFLINE=1; {hint}, or run it "
+                        "once with network access to cache it")
+    try:
+        with quiet_client():  # one HEAD, no retries
+            get_hf_file_metadata(hf_hub_url(repo_id, "config.json", revision=revision), timeout=10)
+    except (ConnectionError, httpx2.TransportError) as err:
+        raise UserError(f"{repo_id}: cannot reach the Hub at {constants.ENDPOINT} ({err}) to read the model config; "
+                        f"check the network or HF_ENDPOINT, or {hint}") from err
+    except (*hub_errors(), ValueError):
+        pass  # the Hub answered: transformers reports a missing repo, file or revision in its words
 
 
 def lora_targets(target_modules, name: str) -> bool:
