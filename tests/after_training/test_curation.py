@@ -3,6 +3,7 @@ deterministic splits; inputs never change."""
 
 import hashlib
 import json
+import sys
 
 import pytest
 
@@ -157,3 +158,13 @@ def test_output_that_is_an_input_file_is_one_line_and_leaves_it_untouched(comman
         f"{tmp_path / 'train'}.{what})"]
     assert digest(train) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.jsonl", "train.jsonl"]
+
+
+def test_near_duplicates_without_datasketch_is_one_line_naming_the_install(monkeypatch):
+    from sft.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "datasketch", None)  # what an environment without it imports
+    with pytest.raises(UserError, match=r"^sft data dedupe needs datasketch for near duplicates: pip install "
+                                        r"'datasketch>=1.6,<3' \(or pass --threshold 1.0"):
+        DuplicateIndex(threshold=0.8)
+    assert DuplicateIndex(threshold=1.0).check_and_add("a b", "x") is None  # exact-only needs no datasketch
