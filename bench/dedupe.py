@@ -1,14 +1,17 @@
-"""Near-duplicate detection, measured: sft's own index (sft.after_training.duplicates, what `sft data dedupe`
-runs) against datasketch's MinHash LSH at the same threshold, on texts with planted near-duplicates.
+"""Near-duplicate detection, measured side by side: sft's index (sft.after_training.duplicates, what `sft data
+dedupe` runs: datasketch's banded MinHash LSH, candidates confirmed exactly) against the index it replaced
+(bench/previous_dedupe.py: 32 bands of 4, quadratic on templated rows), on texts with planted near-duplicates.
 
     python bench/dedupe.py                      # 3,000 texts, 600 planted near-duplicates, threshold 0.8
+    python bench/dedupe.py --shape templated --texts 6100 --planted 600   # short rows sharing one template
     python bench/dedupe.py --texts 200 --planted 40 --json out.json
 
 A planted near-duplicate is an original with a few words replaced, dropped or added, kept only if the exact
 Jaccard similarity of its 5-character shingle sets with the original is at least the threshold (so each one
-is a true near-duplicate by the definition both methods approximate). Found: planted rows flagged. False
-positives: flagged rows that are not planted (the originals are random words: no two are alike). Seconds: wall
-time to index every text once, one thread."""
+is a true near-duplicate by the definition both methods approximate). Templated: every original is a few random
+words inside one Alpaca-style prompt, as generated data is. Found: planted rows flagged. False positives: flagged
+rows that are not planted (the originals' words are random: no two are alike). Seconds: wall time to index every
+text once, one thread; the last line prints the previous index's time over sft's."""
 
 import argparse
 import json
@@ -31,12 +34,21 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
-def corpus(texts: int, planted: int, threshold: float, seed: int) -> tuple[list[str], set[int]]:
+TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n### Instruction:\nAnswer the customer's question about {0}.\n\n### Response:\n{1}")
+
+
+def corpus(texts: int, planted: int, threshold: float, seed: int, shape: str = "random") -> tuple[list[str], set[int]]:
     """(texts in a shuffled order, indices of the planted near-duplicates). Each duplicate comes after its
     original, as rows read in order would."""
     rng = random.Random(seed)
     vocabulary = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(5000)]
-    originals = [" ".join(rng.choices(vocabulary, k=rng.randint(30, 70))) for _ in range(texts - planted)]
+    if shape == "templated":
+        originals = [TEMPLATE.format(" ".join(rng.choices(vocabulary, k=rng.randint(3, 6))),
+                                     " ".join(rng.choices(vocabulary, k=rng.randint(12, 20))))
+                     for _ in range(texts - planted)]
+    else:
+        originals = [" ".join(rng.choices(vocabulary, k=rng.randint(30, 70))) for _ in range(texts - planted)]
     duplicates = []
     while len(duplicates) < planted:
         source = rng.randrange(len(originals))
@@ -67,28 +79,20 @@ def corpus(texts: int, planted: int, threshold: float, seed: int) -> tuple[list[
 def run_sft(texts: list[str], threshold: float) -> list[bool]:
     from sft.after_training.duplicates import DuplicateIndex
 
-    index = DuplicateIndex(threshold)
+    return flags(DuplicateIndex(threshold), texts)
+
+
+def run_previous(texts: list[str], threshold: float) -> list[bool]:
+    from bench.previous_dedupe import PreviousIndex
+
+    return flags(PreviousIndex(threshold), texts)
+
+
+def flags(index, texts: list[str]) -> list[bool]:
     return [index.check_and_add(text, str(k)) is not None for k, text in enumerate(texts)]
 
 
-def run_datasketch(texts: list[str], threshold: float, num_perm: int = 128) -> list[bool]:
-    """datasketch as its documentation shows it: MinHash of the shingles, MinHashLSH at the threshold, a row
-    flagged when the index returns any earlier row."""
-    from datasketch import MinHash, MinHashLSH
-
-    lsh, flagged = MinHashLSH(threshold=threshold, num_perm=num_perm), []
-    for k, text in enumerate(texts):
-        signature = MinHash(num_perm=num_perm)
-        signature.update_batch([s.encode() for s in shingles(text)])
-        if lsh.query(signature):
-            flagged.append(True)
-            continue
-        lsh.insert(str(k), signature)
-        flagged.append(False)
-    return flagged
-
-
-METHODS = {"sft": run_sft, "datasketch": run_datasketch}
+METHODS = {"sft": run_sft, "previous": run_previous}
 
 
 def main(argv=None) -> int:
@@ -97,7 +101,9 @@ def main(argv=None) -> int:
     parser.add_argument("--planted", type=int, default=600, help="Near-duplicates among them.")
     parser.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of 5-character shingles.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="sft,datasketch", help="Comma-separated: sft, datasketch.")
+    parser.add_argument("--shape", choices=["random", "templated"], default="random",
+                        help="random: texts of random words; templated: short rows sharing one prompt template.")
+    parser.add_argument("--methods", default="sft,previous", help="Comma-separated: sft, previous.")
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     options = parser.parse_args(argv)
     unknown = [m for m in options.methods.split(",") if m not in METHODS]
@@ -107,9 +113,9 @@ def main(argv=None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
-    texts, planted = corpus(options.texts, options.planted, options.threshold, options.seed)
-    print(f"{len(texts)} texts, {len(planted)} planted near-duplicates (Jaccard >= {options.threshold} of "
-          f"5-character shingles)")
+    texts, planted = corpus(options.texts, options.planted, options.threshold, options.seed, options.shape)
+    print(f"{len(texts)} {options.shape} texts, {len(planted)} planted near-duplicates (Jaccard >= "
+          f"{options.threshold} of 5-character shingles)")
     results = []
     for name in options.methods.split(","):
         start = time.perf_counter()
@@ -120,9 +126,12 @@ def main(argv=None) -> int:
         results.append({"method": name, "found": found, "planted": len(planted), "false_positives": false_positives,
                         "seconds": round(seconds, 2)})
         print(f"{name:<11} found {found} of {len(planted)}, {false_positives} false positives, {seconds:.1f} s")
+    seconds = {r["method"]: r["seconds"] for r in results}
+    if {"sft", "previous"} <= seconds.keys():
+        print(f"previous / sft time: {seconds['previous'] / max(seconds['sft'], 0.01):.1f}x")
     if options.json:
-        Path(options.json).write_text(json.dumps({"texts": len(texts), "threshold": options.threshold,
-                                                  "results": results}, indent=2) + "\n")
+        summary = {"texts": len(texts), "shape": options.shape, "threshold": options.threshold, "results": results}
+        Path(options.json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 

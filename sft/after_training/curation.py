@@ -15,16 +15,21 @@ from sft.io import percentiles, write_atomic, write_jsonl
 # Reading
 
 
-def read_rows(path: str, instruction_template: str = "chat") -> tuple[list[dict], list[dict], str]:
-    """(raw rows, normalised rows, format) of one data file, read as training reads it (sft.data.rows.read_file).
-    A row that cannot be normalised is kept raw with a None normalised form, so filters can count and drop it."""
+def file_rows(path: str, instruction_template: str = "chat") -> tuple[list, str]:
+    """(rows, format) of one data file, read as training reads it (sft.data.rows.read_file): each row raw,
+    normalised (None when it cannot be, so filters can count and drop it) and where it is ("file:line")."""
     from sft.data.rows import read_file
 
     if not Path(path).is_file():
         raise UserError(f"{path}: data file not found")
     data = read_file(path, instruction_template)
-    rows = list(data.rows())
-    return [row.raw for row in rows], [row.example for row in rows], data.format
+    return list(data.rows()), data.format
+
+
+def read_rows(path: str, instruction_template: str = "chat") -> tuple[list[dict], list[dict], str]:
+    """(raw rows, normalised rows, format) of one data file (see file_rows)."""
+    rows, fmt = file_rows(path, instruction_template)
+    return [row.raw for row in rows], [row.example for row in rows], fmt
 
 
 def example_text(example: dict | None) -> str:

@@ -3,6 +3,7 @@ deterministic splits; inputs never change."""
 
 import hashlib
 import json
+import sys
 
 import pytest
 
@@ -27,9 +28,9 @@ def test_near_duplicates_by_shingles():
     index = DuplicateIndex(threshold=0.8)
     assert index.check_and_add("The quick brown fox jumps over the lazy dog near the river bank.", "a") is None
     assert index.check_and_add("the quick  brown fox jumps over the lazy dog near the river bank.", "b") == (
-        "exact", "a")  # case and spacing do not count
+        "exact", "a", 1.0)  # case and spacing do not count
     assert index.check_and_add("The quick brown fox jumps over the lazy dog near the river banks!", "c") == (
-        "near", "a")
+        "near", "a", 0.95)  # 57 of 60 distinct 5-character shingles in common
     assert index.check_and_add("A completely different sentence about training language models.", "d") is None
 
 
@@ -59,6 +60,52 @@ def test_dedupe_across_files_and_filters(files, tmp_path, tiny_model):
     assert kept == [qa(i) for i in range(20)]  # rows written as they were read
     assert [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()] == [qa(100), qa(101)]
     assert "kept 20 of 24" in proc.stdout
+
+
+SYSTEM = "You are Acme Cloud's support assistant. Cite the help-centre article; never promise refunds."
+PRODUCTS = ["invoice", "seat licence", "storage quota", "SSO login", "API key", "backup", "DNS record", "VPN"]
+SYMPTOMS = ["times out", "shows the wrong total", "is missing", "was charged twice", "returns 403", "is slow",
+            "won't renew", "lost its settings", "rejects my card", "logs me out"]
+
+
+def ticket(i, question=None):
+    """A templated chat row: the system prompt and the answer's frame are shared by every row."""
+    product, symptom, other = PRODUCTS[i % 8], SYMPTOMS[i % 10], SYMPTOMS[(i // 10 + 3) % 10]
+    return {"messages": [{"role": "system", "content": SYSTEM},
+                         {"role": "user", "content": question or f"Ticket #{i}: my {product} ({i * 7919}) "
+                          f"{symptom} and {other} since {PRODUCTS[i // 80]} day {i % 13 + 2}."},
+                         {"role": "assistant", "content": f"Thanks for ticket #{i}. Your {product} is fixed; see "
+                          f"article 4.{i % 9}."}]}
+
+
+def shingle_jaccard(a, b):
+    """The ground truth, independently: Jaccard similarity of the 5-character shingles, case and spacing ignored."""
+    def grams(example):
+        text = " ".join("\n".join(f"{m['role']}: {m['content']}" for m in example["messages"]).lower().split())
+        return {text[i:i + 5] for i in range(len(text) - 4)}
+    return len(grams(a) & grams(b)) / len(grams(a) | grams(b))
+
+
+def test_dedupe_writes_each_near_duplicate_with_the_row_it_matched(tmp_path):
+    """Templated rows share most of their text (system prompt, answer frame) yet are not near duplicates of one
+    another; an edited copy of row 41 (line 43: a blank line precedes it) is, and its pair names both lines."""
+    rows = [ticket(i) for i in range(300)]
+    copy = ticket(41, "TICKET #41 — my seat licence (324679) shows the wrong total and lost its settings since day 4!")
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows[:200]] + ["", json.dumps(copy)]
+    lines += [json.dumps(r, ensure_ascii=False) for r in rows[200:]]
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "clean"
+    proc = run_cli("data", "dedupe", data, "-o", out, check=True)
+    assert "kept 300 of 301 (near duplicate 1)" in proc.stdout
+    pairs = [json.loads(line) for line in (out / "duplicates.jsonl").read_text().splitlines()]
+    similarity = shingle_jaccard(copy, rows[41])
+    assert 0.8 <= similarity < 1
+    assert pairs == [{"row": f"{data}:202", "duplicate_of": f"{data}:42", "kind": "near",
+                      "similarity": round(similarity, 4)}]
+    for k in (0, 41, 299):  # unrelated rows, though they share the template, stay unpaired
+        assert max(shingle_jaccard(rows[k], row) for row in rows if row is not rows[k]) < 0.8
+    assert [json.loads(line) for line in (out / "tickets.jsonl").read_text().splitlines()] == rows
 
 
 def test_length_bounds_need_a_tokenizer(files, tmp_path):
@@ -111,3 +158,13 @@ def test_output_that_is_an_input_file_is_one_line_and_leaves_it_untouched(comman
         f"{tmp_path / 'train'}.{what})"]
     assert digest(train) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.jsonl", "train.jsonl"]
+
+
+def test_near_duplicates_without_datasketch_is_one_line_naming_the_install(monkeypatch):
+    from sft.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "datasketch", None)  # what an environment without it imports
+    with pytest.raises(UserError, match=r"^sft data dedupe needs datasketch for near duplicates: pip install "
+                                        r"'datasketch>=1.6,<3' \(or pass --threshold 1.0"):
+        DuplicateIndex(threshold=0.8)
+    assert DuplicateIndex(threshold=1.0).check_and_add("a b", "x") is None  # exact-only needs no datasketch
