@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sft.errors import UserError
 from sft.io import write_atomic
-from sft.migrate import TOOLS, foreign_tool
+from sft.migrate.detect import TOOLS, foreign_tool
 
 # Recipe keys in the order a reader looks for them; the rest follow in the order they were mapped.
 ORDER = ("model_name_or_path", "trust_remote_code", "attn_implementation", "method", "load_in_8bit", "lora_r",

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from sft.errors import UserError
-from sft.migrate import refuse_foreign_config
+from sft.migrate.detect import refuse_foreign_config
 from sft.recipe.checks import check_values, one_line
 from sft.recipe.coercion import check_keys, resolve_path
 from sft.recipe.command_line import as_written_for_text_fields, plain_scalar_texts, typed_overrides
