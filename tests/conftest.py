@@ -139,7 +139,8 @@ def hub(tmp_path_factory):
 # processes (accelerate's default port 29500, the one-node Slurm cluster) go to one worker so they never collide.
 SHARED_RUNS = ("lora_run", "finished", "tracked_run", "quickstart_model", "published", "base")
 PROCESS_MODULES = {"test_distributed.py", "test_multinode.py", "test_fsdp2.py", "test_slurm.py", "test_profiles.py",
-                   "test_data_once_per_node.py", "test_stop_request.py", "test_bench.py", "test_step_overhead.py"}
+                   "test_data_once_per_node.py", "test_stop_request.py", "test_bench.py", "test_step_overhead.py",
+                   "test_launch_processes.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups

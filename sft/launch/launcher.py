@@ -76,7 +76,18 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
     say("accelerate launch " + shlex.join(cmd[3:]))
     if dry_run:
         return 0
+    # A free rendezvous port: with accelerate's default 29500 taken (another run on this machine), accelerate warns
+    # on stderr before the run's own lines.
+    cmd[3:3] = ["--main_process_port", str(free_port())]
     return supervise(cmd, {**os.environ, "SFT_LAUNCHED": "1"})
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def supervise(cmd: list[str], env: dict) -> int:

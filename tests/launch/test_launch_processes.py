@@ -68,8 +68,17 @@ LINE_9 = ("error: {}:9: 'output' is missing or empty; fix the data or set skip_b
 
 
 def test_bad_input_under_two_processes_is_one_line_and_exit_2(tmp_path, tiny_model):
+    import socket
+
     recipe = bad_row_recipe(tmp_path, tiny_model)
-    proc = run_cli("launch", recipe, "--num-processes", "2")
+    with socket.socket() as busy:  # accelerate's default port taken by another run: no warning line either
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            busy.bind(("127.0.0.1", 29500))
+            busy.listen()
+        except OSError:
+            pass  # already taken
+        proc = run_cli("launch", recipe, "--num-processes", "2")
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert [line for line in lines if not line.startswith("sft: ")] == [LINE_9.format(tmp_path / "data.jsonl")], lines
