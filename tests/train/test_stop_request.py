@@ -86,6 +86,9 @@ def test_a_signal_to_one_rank_checkpoints_every_rank_at_the_same_step(tiny_model
     # One checkpoint, at that step, whole (the marker goes in after every rank saved), with each rank's RNG state.
     assert [p.name for p in out.glob("checkpoint-*")] == [f"checkpoint-{step}"]
     checkpoint = out / f"checkpoint-{step}"
-    assert json.loads((checkpoint / "sft-complete.json").read_text()) == {"global_step": step}
+    record = json.loads((checkpoint / "sft-complete.json").read_text())
+    assert record["global_step"] == step  # and every rank's file, with its size as saved
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(record["files"])
+    assert all(size == (checkpoint / name).stat().st_size for name, (size, _) in record["files"].items())
     assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
     assert logged_steps(out)[-1] == step and not (out / "model.safetensors").exists()  # stopped, not finished
