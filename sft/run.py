@@ -45,6 +45,9 @@ def train(recipe_address: str | None, overrides: list[str] | tuple[str, ...] = (
     for note in recipe.notes + data.notes + start.notes:  # after the input checks: a bad input reads as one line
         say(note)
     say(data.summary())
+    from sft.model import trainable_parameters
+
+    say(trainable_parameters(trainer.model))  # after TRL wrapped LoRA/QLoRA: what the optimizer will update
     output_dir = Path(recipe.training.output_dir)
     stop_token = end_of_turn_token(tokenizer,
                                    stop_tokens=generation_stop_tokens(recipe.model.model_name_or_path, tokenizer))
@@ -130,10 +133,6 @@ def checked_trainer(recipe):
         peft_config=peft_config(recipe),
         callbacks=callbacks,
     )
-    from sft.console import say
-    from sft.model import trainable_parameters
-
-    say(trainable_parameters(trainer.model))  # after TRL wrapped LoRA/QLoRA: what the optimizer will update
     trackers_last(trainer)  # so report_to gets the metrics our callbacks add (eval_perplexity)
     moved = lock_output_dir_on_all_ranks(recipe.training.output_dir, trainer.accelerator.is_main_process,
                                          trainer.args.device, move_earlier_run=start.move_aside)

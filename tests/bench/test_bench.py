@@ -247,10 +247,12 @@ def test_fetch_wheels_keeps_only_the_bitsandbytes_libraries_for_the_gpu_machines
 def test_preprocess_bench_compares_sft_and_trl_from_a_jsonl_file():
     """bench/preprocess.py at tiny sizes: both sides run in their own subprocess and get identical tokens."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "preprocess.py"), "--sizes", "40,80", "--num-proc",
-                           "2"], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+                           "2", "--pairs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["conversations", "sft", "ex/s"])
-    rows = [line.split() for line in lines[header + 1: header + 3]]
-    assert [row[0] for row in rows] == ["40", "80"] and all(row[-1] == "True" for row in rows)
-    assert lines[header + 3].startswith("sft peak memory at 80 / at 40: ")
+    header = next(i for i, line in enumerate(lines) if line.split()[:4] == ["conversations", "pair", "sft", "ex/s"])
+    pairs = [line.split() for line in lines[header + 1:] if len(line.split()) > 2 and line.split()[1] == "1"]
+    assert [row[0] for row in pairs] == ["40", "80"] and all(row[-1] == "True" for row in pairs)  # identical tokens
+    medians = [line.split() for line in lines[header + 1:] if "median speed" in line]
+    assert [row[0] for row in medians] == ["40", "80"]
+    assert lines[-1].startswith("sft peak anonymous memory at 80 / at 40 (medians): ")
