@@ -83,10 +83,26 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
 
 
 def free_port() -> int:
+    """A port no other process holds, chosen below the kernel's ephemeral range: a port the kernel handed out for
+    `bind(0)` and released is soon handed to someone else's socket (gloo's pairs, an HTTP client), and a rendezvous
+    store that finds its port taken joins the stranger as a client and fails with "Failed to recv"."""
+    import random
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+    try:
+        ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    candidates = random.Random().sample(range(max(1024, ephemeral_low - 12000), ephemeral_low), 64)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", port))  # all interfaces, as torch's store binds
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:  # a crowded machine: the kernel's choice
+        probe.bind(("", 0))
         return probe.getsockname()[1]
 
 

@@ -10,18 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from sft.launch.launcher import free_port
+
 
 def srun_task(script: str) -> str:
     """The command each Slurm task runs: the argument of `srun ... bash -c '...'`, as srun receives it."""
     line = next(li for li in script.splitlines() if li.startswith("srun "))
     words = shlex.split(line.rstrip("&"))
     return words[words.index("-c") + 1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_listener(port: int, process, timeout: float = 300) -> None:

@@ -12,17 +12,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from sft.launch.launcher import free_port
+
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sacct")
 
 
 def missing_tools() -> list[str]:
     return [t for t in TOOLS[:5] if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _munge_running() -> bool:
@@ -52,8 +48,8 @@ class SlurmCluster:
         self.conf.write_text("\n".join([
             "ClusterName=sfttest",
             f"SlurmctldHost={self.host}",
-            f"SlurmctldPort={_free_port()}",
-            f"SlurmdPort={_free_port()}",
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
             "SlurmUser=root",
             "AuthType=auth/munge",
             f"StateSaveLocation={self.root / 'state'}",
