@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 
     address, overrides = exit_on_user_error(split_command_line, argv)
     summary = exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
-    from sft.train.hardware import under_launcher, world_size
+    from sft.train.hardware import under_launcher
 
     if summary.get("interrupted"):
         from sft.launch.status import report_end
@@ -198,17 +198,6 @@ def main(argv: list[str] | None = None) -> None:
         # non-zero exit would read as a crash, so the ranks exit 0 there.
         if not report_end(EXIT_STOPPED, failing=False) and not under_launcher():
             sys.exit(EXIT_STOPPED)
-
-    if world_size() > 1:
-        # Everything is saved and the process group is gone, but DeepSpeed/gloo threads can still abort the
-        # interpreter's teardown ("terminate called without an active exception", seen after resumed ZeRO-3 QLoRA
-        # runs on CPU), failing a finished run. Leave without the teardown.
-        from sft.masks.cache import remove_owned_scratch
-
-        remove_owned_scratch()  # the shared data's folder: every rank is past using it
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
 
 
 if __name__ == "__main__":

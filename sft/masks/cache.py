@@ -116,8 +116,7 @@ def remove_at_exit(folder: Path) -> None:
 
 
 def remove_owned_scratch() -> None:
-    """Remove the scratch folders this process made: at exit, or before a distributed run leaves without the
-    interpreter's teardown (sft/run.py), which skips atexit."""
+    """Remove the scratch folders this process made (at exit; a killed run's are swept by the next one)."""
     while OWNED:
         shutil.rmtree(OWNED.pop(), ignore_errors=True)
 
