@@ -104,3 +104,33 @@ def test_batched_index_finds_what_row_by_row_finds(block_sizes):
     assert kinds.count("exact") >= 8 and kinds.count("near") >= 20  # the file plants both
     assert any(d and d.of.startswith("a.jsonl") and name.startswith("b.jsonl")
                for (name, _), d in zip(rows, expected))  # and duplicates across the files
+
+
+def test_dedupe_counts_rows_on_its_progress_bar_and_pairs_rows_across_blocks(tmp_path):
+    """9,000 rows are two blocks (8,192 and 808): on a terminal the bar counts rows, 91% after the first; a near
+    and an exact copy of row 10 in the second block name row 10; with stderr not a terminal there is no bar."""
+    import json
+
+    from sft.after_training.duplicates import BLOCK
+    from tests.conftest import run_cli, run_cli_in_process
+
+    rng = random.Random(1)
+    vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 8))) for _ in range(3000)]
+    rows = [{"instruction": f"Question {i}: {' '.join(rng.choices(vocabulary, k=12))}", "output": f"Answer {i}."}
+            for i in range(8998)]
+    near = dict(rows[9], instruction=rows[9]["instruction"] + " please")
+    rows[8500:8500] = [near, dict(rows[9], output=" ANSWER  9. ")]
+    assert len(rows) == 9000 > BLOCK
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    on_terminal = run_cli("data", "dedupe", data, "-o", tmp_path / "a", env={"TTY_COMPATIBLE": "1", "COLUMNS": "300"},
+                          check=True)
+    progress = on_terminal.stderr.replace("\r", "\n")
+    assert f"dedupe {data}" in progress and " 91%" in progress and "100%" in progress
+    pairs = [json.loads(line) for line in (tmp_path / "a" / "duplicates.jsonl").read_text().splitlines()]
+    assert [(p["row"], p["duplicate_of"], p["kind"]) for p in pairs] == [
+        (f"{data}:8501", f"{data}:10", "near"), (f"{data}:8502", f"{data}:10", "exact")]
+    assert "kept 8998 of 9000" in on_terminal.stdout
+    captured = run_cli_in_process("data", "dedupe", data, "-o", tmp_path / "b")
+    assert captured.returncode == 0, captured.stderr
+    assert "dedupe" not in captured.stderr and "%" not in captured.stderr
