@@ -112,7 +112,7 @@ def test_dedupe_counts_rows_on_its_progress_bar_and_pairs_rows_across_blocks(tmp
     import json
 
     from sft.after_training.duplicates import BLOCK
-    from tests.conftest import run_cli, run_cli_in_process
+    from tests.conftest import run_cli_in_process
 
     rng = random.Random(1)
     vocabulary = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 8))) for _ in range(3000)]
@@ -123,8 +123,9 @@ def test_dedupe_counts_rows_on_its_progress_bar_and_pairs_rows_across_blocks(tmp
     assert len(rows) == 9000 > BLOCK
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    on_terminal = run_cli("data", "dedupe", data, "-o", tmp_path / "a", env={"TTY_COMPATIBLE": "1", "COLUMNS": "300"},
-                          check=True)
+    on_terminal = run_cli_in_process("data", "dedupe", data, "-o", tmp_path / "a",
+                                     env={"TTY_COMPATIBLE": "1", "COLUMNS": "300"})  # what rich takes for a terminal
+    assert on_terminal.returncode == 0, on_terminal.stderr
     progress = on_terminal.stderr.replace("\r", "\n")
     assert f"dedupe {data}" in progress and " 91%" in progress and "100%" in progress
     pairs = [json.loads(line) for line in (tmp_path / "a" / "duplicates.jsonl").read_text().splitlines()]
