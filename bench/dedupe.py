@@ -11,7 +11,11 @@ Jaccard similarity of its 5-character shingle sets with the original is at least
 is a true near-duplicate by the definition both methods approximate). Templated: every original is a few random
 words inside one Alpaca-style prompt, as generated data is. Found: planted rows flagged. False positives: flagged
 rows that are not planted (the originals' words are random: no two are alike). Seconds: wall time to index every
-text once, one thread; the last line prints the previous index's time over sft's."""
+text once, one thread (and the CPU time it took, which is the wall time on an idle core); the last line prints
+the previous index's time over sft's. The previous index is skipped above --previous-up-to texts (10,000): it
+compares templated rows pairwise, ~2 minutes for 6,100 of them.
+
+    python bench/dedupe.py --shape templated --texts 1000000 --planted 10000   # sft alone: minutes"""
 
 import argparse
 import json
@@ -64,31 +68,30 @@ def corpus(texts: int, planted: int, threshold: float, seed: int, shape: str = "
         text = " ".join(words)
         if text != originals[source] and jaccard(shingles(text), shingles(originals[source])) >= threshold:
             duplicates.append((source, text))
-    # Originals in a shuffled order; each duplicate placed at a random position after its original.
+    # Originals in a shuffled order; each duplicate placed at a random position after its original: before the
+    # original numbered `at` (or last), after the duplicates already placed there. One sort, so a million rows
+    # take seconds.
     order = list(range(len(originals)))
     rng.shuffle(order)
-    rows = [(originals[i], False) for i in order]
     position = {i: k for k, i in enumerate(order)}
-    for source, text in duplicates:
-        at = rng.randint(position[source] + 1, len(rows))
-        rows.insert(at, (text, True))
-        position = {i: (k if k < at else k + 1) for i, k in position.items()}
-    return [text for text, _ in rows], {k for k, (_, planted_row) in enumerate(rows) if planted_row}
+    placed = [((k, 1, 0), originals[i], False) for k, i in enumerate(order)]
+    placed += [((rng.randint(position[source] + 1, len(order)), 0, n), text, True)
+               for n, (source, text) in enumerate(duplicates)]
+    placed.sort(key=lambda item: item[0])
+    return [text for _, text, _ in placed], {k for k, (_, _, planted_row) in enumerate(placed) if planted_row}
 
 
 def run_sft(texts: list[str], threshold: float) -> list[bool]:
     from sft.after_training.duplicates import DuplicateIndex
 
-    return flags(DuplicateIndex(threshold), texts)
+    found = DuplicateIndex(threshold).check_block(texts, [str(k) for k in range(len(texts))])
+    return [duplicate is not None for duplicate in found]
 
 
 def run_previous(texts: list[str], threshold: float) -> list[bool]:
     from bench.previous_dedupe import PreviousIndex
 
-    return flags(PreviousIndex(threshold), texts)
-
-
-def flags(index, texts: list[str]) -> list[bool]:
+    index = PreviousIndex(threshold)
     return [index.check_and_add(text, str(k)) is not None for k, text in enumerate(texts)]
 
 
@@ -104,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", choices=["random", "templated"], default="random",
                         help="random: texts of random words; templated: short rows sharing one prompt template.")
     parser.add_argument("--methods", default="sft,previous", help="Comma-separated: sft, previous.")
+    parser.add_argument("--previous-up-to", type=int, default=10000,
+                        help="Skip the previous index above this many texts: it is quadratic on templated rows.")
     parser.add_argument("--json", default=None, help="Also write the results to this file.")
     options = parser.parse_args(argv)
     unknown = [m for m in options.methods.split(",") if m not in METHODS]
@@ -118,14 +123,20 @@ def main(argv=None) -> int:
           f"{options.threshold} of 5-character shingles)")
     results = []
     for name in options.methods.split(","):
-        start = time.perf_counter()
+        if name == "previous" and len(texts) > options.previous_up_to:
+            print(f"{'previous':<11} skipped: {len(texts)} texts is above --previous-up-to "
+                  f"{options.previous_up_to} (it compares templated rows pairwise)")
+            continue
+        start, start_cpu = time.perf_counter(), time.process_time()
         flagged = METHODS[name](texts, options.threshold)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         found = sum(1 for k in planted if flagged[k])
         false_positives = sum(1 for k, f in enumerate(flagged) if f and k not in planted)
         results.append({"method": name, "found": found, "planted": len(planted), "false_positives": false_positives,
-                        "seconds": round(seconds, 2)})
-        print(f"{name:<11} found {found} of {len(planted)}, {false_positives} false positives, {seconds:.1f} s")
+                        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
+                        "rows_per_second": round(len(texts) / max(seconds, 1e-9))})
+        print(f"{name:<11} found {found} of {len(planted)}, {false_positives} false positives, {seconds:.1f} s, "
+              f"{len(texts) / max(seconds, 1e-9):,.0f} rows/s ({cpu_seconds:.1f} s of CPU)")
     seconds = {r["method"]: r["seconds"] for r in results}
     if {"sft", "previous"} <= seconds.keys():
         print(f"previous / sft time: {seconds['previous'] / max(seconds['sft'], 0.01):.1f}x")

@@ -165,6 +165,6 @@ def test_near_duplicates_without_datasketch_is_one_line_naming_the_install(monke
 
     monkeypatch.setitem(sys.modules, "datasketch", None)  # what an environment without it imports
     with pytest.raises(UserError, match=r"^sft data dedupe needs datasketch for near duplicates: pip install "
-                                        r"'datasketch>=1.6,<3' \(or pass --threshold 1.0"):
+                                        r"'datasketch>=2,<3' \(or pass --threshold 1.0"):
         DuplicateIndex(threshold=0.8)
     assert DuplicateIndex(threshold=1.0).check_and_add("a b", "x") is None  # exact-only needs no datasketch

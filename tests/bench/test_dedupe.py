@@ -21,6 +21,13 @@ def test_dedupe_bench_counts_planted_near_duplicates(tmp_path):
     assert "previous / sft time: " in proc.stdout
     for r in result["results"]:
         assert f"{r['method']:<11} found {r['found']} of 30, {r['false_positives']} false positives" in proc.stdout
+        assert r["rows_per_second"] > 0
+    skipped = subprocess.run([sys.executable, str(REPO / "bench" / "dedupe.py"), "--texts", "120", "--planted", "30",
+                              "--previous-up-to", "100"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                             check=False)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "previous    skipped: 120 texts is above --previous-up-to 100" in skipped.stdout
+    assert "sft         found 30 of 30, 0 false positives" in skipped.stdout
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "dedupe.py"), "--methods", "sft,minhash"], cwd=REPO,
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2
