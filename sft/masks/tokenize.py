@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 from sft.errors import UserError
+from sft.io import frozen_heap
 from sft.masks.cache import cache_key, cache_root, scratch_file, scratch_name
 from sft.masks.plan import IGNORE, MaskError, MaskPlan, plan_masks
 from sft.masks.skeleton import skeletons_for
@@ -193,8 +194,9 @@ def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation
 
         return Tokenized(Dataset(arrow_table({name: [] for name in COLUMNS})), "off", plan)
     if not use_cache:
-        full = dataset.map(encode_batch, cache_file_name=scratch_file("tokenized"), load_from_cache_file=False,
-                           new_fingerprint=scratch_name(), **map_args)
+        with frozen_heap():
+            full = dataset.map(encode_batch, cache_file_name=scratch_file("tokenized"), load_from_cache_file=False,
+                               new_fingerprint=scratch_name(), **map_args)
         return Tokenized(full, "off", plan)
     settings = {"loss_mode": loss_mode, "max_length": max_length, "truncation_mode": truncation_mode,
                 "fallback": mask_fallback, "source": source}
@@ -202,8 +204,9 @@ def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation
     path = cache_root() / f"{key}.arrow"
     hit = path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    full = dataset.map(encode_batch, cache_file_name=str(path), load_from_cache_file=True, new_fingerprint=key,
-                       **map_args)
+    with frozen_heap():
+        full = dataset.map(encode_batch, cache_file_name=str(path), load_from_cache_file=True, new_fingerprint=key,
+                           **map_args)
     return Tokenized(full, "hit" if hit else "miss", plan)
 
 
