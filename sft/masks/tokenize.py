@@ -157,7 +157,23 @@ def arrow_table(columns: dict):
     types = {"input_ids": ids, "labels": ids, "length": pa.int32(), "trained": pa.int32(), "truncated": pa.bool_(),
              "lost": pa.bool_(), "error": pa.string(), "where": pa.string(), "source": pa.int32(),
              "fallback": pa.bool_(), "part": pa.int32(), "parts": pa.list_(ids)}
-    return pa.table({name: pa.array(columns[name], type=types[name]) for name in COLUMNS})
+    lists = {name: int32_lists(columns[name]) for name in ("input_ids", "labels")}
+    return pa.table({name: lists[name] if name in lists else pa.array(columns[name], type=types[name])
+                     for name in COLUMNS})
+
+
+def int32_lists(rows: list[list[int]]):
+    """Lists of ints as an Arrow list<int32> array, built from one flat numpy array and the offsets (faster than
+    `pa.array` on the nested lists, which checks each value's type)."""
+    import itertools
+
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(rows) + 1, np.int32)
+    np.cumsum(np.fromiter(map(len, rows), np.int32, len(rows)), out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(rows), np.int32, int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 @dataclass
