@@ -14,9 +14,12 @@ memory-mapped Arrow files) and all resident memory (Pss); proportional, so pages
 counted twice. The labels of both are compared token for token (TRL's assistant masks read as labels).
 
 On a shared machine one run of each side says little: the sides run in interleaved pairs (sft first, then TRL
-first, ...), each pair gives a ratio, and the median ratio over the pairs is the figure.
+first, ...), each pair gives a ratio, and the median ratio over the pairs is the figure. `--sft-only` runs sft's side
+alone (`--pairs` runs per size), measured the same way: how its peak memory grows with the number of rows, at sizes
+where TRL's side would take hours.
 
     python bench/preprocess.py [--sizes 20000,200000] [--pairs 3] [--num-proc 2] [--template llama3] [--seed 0]
+                               [--sft-only]
 """
 
 import argparse
@@ -173,6 +176,7 @@ def main(argv=None):
     parser.add_argument("--num-proc", type=int, default=2, help="dataset_num_proc of both sides")
     parser.add_argument("--template", default="llama3", help="a TRL template with a training version")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sft-only", action="store_true", help="sft's side alone: its speed and memory growth")
     parser.add_argument("--worker", choices=["sft", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -192,7 +196,7 @@ def main(argv=None):
     sizes = [int(s) for s in options.sizes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="sft-bench-preprocess-"))
     try:
-        return compare(sizes, options, root)
+        return (sft_alone if options.sft_only else compare)(sizes, options, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -201,6 +205,41 @@ def median(values):
     import statistics
 
     return statistics.median(values)
+
+
+def write_data(root: Path, size: int, seed: int) -> Path:
+    data = root / f"data-{size}.jsonl"
+    with data.open("w") as handle:
+        for row in conversations(size, seed):
+            handle.write(json.dumps(row) + "\n")
+    return data
+
+
+def print_growth(peaks: dict) -> None:
+    if len(peaks) > 1:
+        small, large = min(peaks), max(peaks)
+        print(f"sft peak anonymous memory at {large:,} / at {small:,} (medians): "
+              f"{median(peaks[large]) / median(peaks[small]):.2f}x (target <= 1.3x)")
+
+
+def sft_alone(sizes: list[int], options, root: Path) -> int:
+    """sft's side only, `options.pairs` runs per size: speed and peak memory, and the growth of the peak."""
+    model = root / "model"
+    build_model(model, options.template, options.seed)
+    print(f"sft alone: template {options.template}, dataset_num_proc {options.num_proc}, {os.cpu_count()} CPUs, "
+          f"{options.pairs} runs per size; memory summed over the process and its workers", flush=True)
+    print(f"{'conversations':>13} {'run':>4} {'sft ex/s':>9} {'sft anon':>9} {'sft pss':>8}", flush=True)
+    peaks = {}
+    for size in sizes:
+        data, peaks[size] = write_data(root, size, options.seed), []
+        for run in range(1, options.pairs + 1):
+            ours = measured("sft", model, data, options.num_proc, root / f"sft-{size}-{run}")
+            peaks[size].append(ours["peak_anon"])
+            print(f"{size:>13,} {run:>4} {size / ours['seconds']:>9,.0f} {ours['peak_anon'] / 2**30:>7.2f}GB "
+                  f"{ours['peak_pss'] / 2**30:>6.2f}GB", flush=True)
+        data.unlink()
+    print_growth(peaks)
+    return 0
 
 
 def compare(sizes: list[int], options, root: Path) -> int:
@@ -216,10 +255,7 @@ def compare(sizes: list[int], options, root: Path) -> int:
           f"{'TRL anon':>9} {'anon':>6} {'sft pss':>8} {'TRL pss':>8} {'pss':>6}  identical", flush=True)
     peaks, all_same = {}, True
     for size in sizes:
-        data = root / f"data-{size}.jsonl"
-        with data.open("w") as handle:
-            for row in conversations(size, options.seed):
-                handle.write(json.dumps(row) + "\n")
+        data = write_data(root, size, options.seed)
         speed, anon, pss, peaks[size] = [], [], [], []
         for pair in range(1, options.pairs + 1):
             order = ("sft", "trl") if pair % 2 else ("trl", "sft")
@@ -239,10 +275,7 @@ def compare(sizes: list[int], options, root: Path) -> int:
         data.unlink()
         print(f"{size:>13,} median speed {median(speed):.2f}x (target >= 2.5x), anonymous memory "
               f"{median(anon):.2f}x (target <= 1x), resident memory {median(pss):.2f}x", flush=True)
-    if len(sizes) > 1:
-        small, large = min(sizes), max(sizes)
-        print(f"sft peak anonymous memory at {large:,} / at {small:,} (medians): "
-              f"{median(peaks[large]) / median(peaks[small]):.2f}x (target <= 1.3x)")
+    print_growth(peaks)
     return 0 if all_same else 1
 
 

@@ -1,12 +1,13 @@
 """sft.io: one percentile definition for every command, files written whole or not at all, JSONL."""
 
+import gc
 import json
 import re
 
 import pytest
 
 from sft.errors import UserError
-from sft.io import percentiles, read_jsonl, replacing, write_atomic, write_jsonl
+from sft.io import frozen_heap, percentiles, read_jsonl, replacing, write_atomic, write_jsonl
 from tests.conftest import run_cli, write_recipe
 
 
@@ -62,3 +63,11 @@ def test_jsonl_round_trip_and_a_broken_line_named(tmp_path):
     path.write_text('{"n": 1}\n\n{"n": \n')
     with pytest.raises(UserError, match=re.escape(f"{path}:3: not valid JSON")):
         read_jsonl(path)
+
+
+def test_frozen_heap_leaves_existing_objects_out_of_collection_until_it_ends():
+    existing = [object() for _ in range(10)]
+    before = gc.get_freeze_count()
+    with frozen_heap():
+        assert gc.get_freeze_count() >= before + len(existing)  # forked workers' collections skip them
+    assert gc.get_freeze_count() == 0

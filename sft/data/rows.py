@@ -11,6 +11,7 @@ from sft.data.formats import detect_format, normalise
 from sft.data.sources import Part, Source, Where, load_source_parts
 from sft.masks.cache import scratch_file, scratch_name
 from sft.errors import UserError
+from sft.io import frozen_heap
 
 EXAMPLE_COLUMNS = ["example", "where", "source"]  # what the masks read
 
@@ -71,11 +72,12 @@ def normalised_part(part: Part, fmt: str, source: Source, source_index: int, ins
     if len(raw) == 0:
         return result
     num_proc = num_proc if num_proc and num_proc > 1 and len(raw) >= 2 * num_proc else None
-    mapped = raw.map(normalise_batch, batched=True, batch_size=1000, with_indices=True, num_proc=num_proc,
-                     remove_columns=raw.column_names, cache_file_name=scratch_file("normalised"),
-                     load_from_cache_file=False, new_fingerprint=scratch_name(),
-                     fn_kwargs=dict(fmt=fmt, instruction_template=instruction_template, where=part.where,
-                                    source_index=source_index))
+    with frozen_heap():
+        mapped = raw.map(normalise_batch, batched=True, batch_size=1000, with_indices=True, num_proc=num_proc,
+                         remove_columns=raw.column_names, cache_file_name=scratch_file("normalised"),
+                         load_from_cache_file=False, new_fingerprint=scratch_name(),
+                         fn_kwargs=dict(fmt=fmt, instruction_template=instruction_template, where=part.where,
+                                        source_index=source_index))
     is_bad = pc.is_valid(mapped.data.column("bad"))
     if pc.any(is_bad).as_py():
         rows = mapped.data.filter(is_bad).select(["where", "bad"]).to_pylist()

@@ -32,6 +32,7 @@ class MaskPlan:
     closer_written_last: bool = True  # False: only before a following turn (the next header ends the turn)
     template_kwargs: dict = field(default_factory=dict)
     special_run: re.Pattern | None = None  # optional whitespace, then one special token
+    special_tokens: tuple[str, ...] = ()  # the tokenizer's special tokens, longest first
     description: str = "the model's own template, rendered turn by turn"
 
 
@@ -77,7 +78,7 @@ def plan_masks(tokenizer, loss_mode: str | None = "assistant", chat_template: st
     pattern = re.compile("[ \t\n]*(" + "|".join(map(re.escape, specials)) + ")") if specials else None
     stops = tuple(dict.fromkeys(t for t in [tokenizer.eos_token, *stop_tokens] if t))
     kwargs = {**tokenizer.special_tokens_map, **(template_kwargs or {})}  # as apply_chat_template passes them
-    plan = MaskPlan(template, stops, template_kwargs=kwargs, special_run=pattern)
+    plan = MaskPlan(template, stops, template_kwargs=kwargs, special_run=pattern, special_tokens=tuple(specials))
     if template is None:
         plan.description = "no chat template"
         return plan

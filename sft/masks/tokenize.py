@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 from sft.errors import UserError
+from sft.io import frozen_heap
 from sft.masks.cache import cache_key, cache_root, scratch_file, scratch_name
 from sft.masks.plan import IGNORE, MaskError, MaskPlan, plan_masks
 from sft.masks.skeleton import skeletons_for
@@ -156,7 +157,23 @@ def arrow_table(columns: dict):
     types = {"input_ids": ids, "labels": ids, "length": pa.int32(), "trained": pa.int32(), "truncated": pa.bool_(),
              "lost": pa.bool_(), "error": pa.string(), "where": pa.string(), "source": pa.int32(),
              "fallback": pa.bool_(), "part": pa.int32(), "parts": pa.list_(ids)}
-    return pa.table({name: pa.array(columns[name], type=types[name]) for name in COLUMNS})
+    lists = {name: int32_lists(columns[name]) for name in ("input_ids", "labels")}
+    return pa.table({name: lists[name] if name in lists else pa.array(columns[name], type=types[name])
+                     for name in COLUMNS})
+
+
+def int32_lists(rows: list[list[int]]):
+    """Lists of ints as an Arrow list<int32> array, built from one flat numpy array and the offsets (faster than
+    `pa.array` on the nested lists, which checks each value's type)."""
+    import itertools
+
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(rows) + 1, np.int32)
+    np.cumsum(np.fromiter(map(len, rows), np.int32, len(rows)), out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(rows), np.int32, int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 @dataclass
@@ -193,8 +210,9 @@ def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation
 
         return Tokenized(Dataset(arrow_table({name: [] for name in COLUMNS})), "off", plan)
     if not use_cache:
-        full = dataset.map(encode_batch, cache_file_name=scratch_file("tokenized"), load_from_cache_file=False,
-                           new_fingerprint=scratch_name(), **map_args)
+        with frozen_heap():
+            full = dataset.map(encode_batch, cache_file_name=scratch_file("tokenized"), load_from_cache_file=False,
+                               new_fingerprint=scratch_name(), **map_args)
         return Tokenized(full, "off", plan)
     settings = {"loss_mode": loss_mode, "max_length": max_length, "truncation_mode": truncation_mode,
                 "fallback": mask_fallback, "source": source}
@@ -202,8 +220,9 @@ def tokenize_all(dataset, tokenizer, loss_mode=None, max_length=None, truncation
     path = cache_root() / f"{key}.arrow"
     hit = path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    full = dataset.map(encode_batch, cache_file_name=str(path), load_from_cache_file=True, new_fingerprint=key,
-                       **map_args)
+    with frozen_heap():
+        full = dataset.map(encode_batch, cache_file_name=str(path), load_from_cache_file=True, new_fingerprint=key,
+                           **map_args)
     return Tokenized(full, "hit" if hit else "miss", plan)
 
 

@@ -256,3 +256,14 @@ def test_preprocess_bench_compares_sft_and_trl_from_a_jsonl_file():
     medians = [line.split() for line in lines[header + 1:] if "median speed" in line]
     assert [row[0] for row in medians] == ["40", "80"]
     assert lines[-1].startswith("sft peak anonymous memory at 80 / at 40 (medians): ")
+
+
+def test_preprocess_bench_runs_sft_alone_for_its_memory_growth():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "preprocess.py"), "--sizes", "40,80", "--num-proc",
+                           "2", "--pairs", "1", "--sft-only"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["conversations", "run", "sft"])
+    assert [line.split()[:2] for line in lines[header + 1:-1]] == [["40", "1"], ["80", "1"]]
+    assert lines[-1].startswith("sft peak anonymous memory at 80 / at 40 (medians): ")
