@@ -5,7 +5,7 @@ candidate confirmed by exact Jaccard. On templated data nearly every earlier row
 import hashlib
 from functools import lru_cache
 
-from sft.after_training.duplicates import canonical
+from sft.after_training.minhash import canonical
 
 SHINGLE = 5  # characters per shingle
 NUM_PERM = 128  # MinHash signature length

@@ -1,5 +1,6 @@
-"""The batched near-duplicate index (sft.after_training.duplicates) against datasketch done row by row: the same
-signatures, and the same duplicates, each naming the same earlier row with the same similarity."""
+"""The batched near-duplicate index (sft.after_training.duplicates over sft.after_training.minhash) against
+datasketch done row by row: the same signatures, and the same duplicates, each naming the same earlier row with the
+same similarity."""
 
 import random
 
@@ -7,11 +8,10 @@ import numpy as np
 import pytest
 from datasketch import MinHash, MinHashLSH
 
-from sft.after_training.duplicates import (
+from sft.after_training.duplicates import Duplicate, DuplicateIndex
+from sft.after_training.minhash import (
     NUM_PERM,
     WEIGHTS,
-    Duplicate,
-    DuplicateIndex,
     canonical,
     jaccard,
     minhash_setup,
