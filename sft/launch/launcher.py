@@ -88,9 +88,10 @@ def free_port() -> int:
     store that finds its port taken joins the stranger as a client and fails with "Failed to recv"."""
     import random
     import socket
+    from pathlib import Path
 
     try:
-        ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
     candidates = random.Random().sample(range(max(1024, ephemeral_low - 12000), ephemeral_low), 64)
