@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sft.masks.plan import MaskError, MaskPlan, render
 from sft.masks.spans import Rendered, chat_examples, clean_messages
 
-VERIFY_FIRST, SAMPLE = 3, 64  # rows of each shape checked against the exact path: the first few, then 1 in SAMPLE
+VERIFY_FIRST, SAMPLE = 3, 256  # rows of each shape checked against the exact path: the first few, then 1 in SAMPLE
 # Whitespace around each placeholder, to tell which ends the template trims. The skeleton is made once with each
 # common whitespace character outermost, and all must agree: a template that strips only "\n" (Qwen3's
 # lstrip('\n')) or only spaces trims one of them in part.
@@ -168,14 +168,13 @@ def _text(value) -> str | None:
     return value if value is None or isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-_BY_PLAN: dict = {}  # this process's skeletons, by plan (a worker gets its own copy of the plan)
+_BY_PLAN: dict = {}  # this process's skeletons: id(plan) -> (plan, Skeletons); a worker gets its own plan
 
 
 def skeletons_for(plan: MaskPlan) -> Skeletons:
-    key = (plan.template, plan.stop_tokens, plan.closer, plan.closer_written_last,
-           json.dumps(plan.template_kwargs, sort_keys=True, default=str))
-    if key not in _BY_PLAN:
+    cached = _BY_PLAN.get(id(plan))
+    if cached is None or cached[0] is not plan:  # looked up per row: identity, not the plan's contents
         if len(_BY_PLAN) >= 8:
             _BY_PLAN.clear()
-        _BY_PLAN[key] = Skeletons(plan)
-    return _BY_PLAN[key]
+        cached = _BY_PLAN[id(plan)] = (plan, Skeletons(plan))
+    return cached[1]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sft.errors import UserError
 from sft.io import frozen_heap
+from sft.masks.byte_offsets import byte_lengths, forget_byte_lengths, labels_from_lengths
 from sft.masks.cache import cache_key, cache_root, scratch_file, scratch_name
 from sft.masks.plan import IGNORE, MaskError, MaskPlan, plan_masks
 from sft.masks.skeleton import skeletons_for
@@ -43,12 +44,17 @@ def render_example(example: dict, plan: MaskPlan, loss_mode: str | None, fallbac
     raise MaskError("the example has no messages, prompt/completion or text")
 
 
+def plain_backend(tokenizer) -> bool:
+    """Whether `tokenizer(texts)` is the backend's own encoding (no truncation, padding or special-token change)."""
+    backend = tokenizer.backend_tokenizer
+    return (backend.truncation is None and backend.padding is None
+            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)))
+
+
 def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool):
     """`tokenizers.Encoding`s, as `tokenizer(texts)` computes them (the backend directly when nothing differs)."""
-    backend = tokenizer.backend_tokenizer
-    if (backend.truncation is None and backend.padding is None
-            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
-        return backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+    if plain_backend(tokenizer):
+        return tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
     return tokenizer(texts, add_special_tokens=add_special_tokens).encodings
 
 
@@ -95,6 +101,55 @@ class Item:
     error: str | None = None
 
 
+def tokens_of(tokenizer, items: list[Item]) -> list[tuple[list, list, list] | None]:
+    """Each item's (input ids, labels, reasoning/tool-call token spans); None where it failed to render.
+    Chat texts of a byte-level BPE tokenizer are labelled from the tokens' byte lengths (sft.masks.byte_offsets),
+    sampled rows checked against the offsets; every other text, and any row whose lengths do not add up, from the
+    tokenizer's offsets."""
+    out = [None] * len(items)
+    lengths = byte_lengths(tokenizer) if plain_backend(tokenizer) else None
+    for is_chat in (True, False):  # chat templates write their own special tokens; plain text gets BOS as in TRL
+        chosen = [k for k, item in enumerate(items) if item.rendered is not None and item.rendered.is_chat == is_chat]
+        fast = [k for k in chosen if is_chat and lengths is not None and not items[k].rendered.parts]
+        if fast:
+            texts = [items[k].rendered.text for k in fast]
+            ids_rows = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+            labels_rows = labels_from_lengths(lengths, texts, ids_rows, [items[k].rendered.spans for k in fast])
+            if not agrees_with_offsets(tokenizer, texts, ids_rows, labels_rows, [items[k].rendered for k in fast]):
+                forget_byte_lengths(tokenizer)  # this process labels with offsets from now on
+                labels_rows = [None] * len(fast)
+            for k, ids, labels in zip(fast, ids_rows, labels_rows):
+                if labels is not None:
+                    out[k] = (ids, labels, [])
+        rest = [k for k in chosen if out[k] is None]
+        if rest:
+            encodings = encode_texts(tokenizer, [items[k].rendered.text for k in rest], not is_chat)
+            for k, encoding in zip(rest, encodings):
+                rendered = items[k].rendered
+                out[k] = (*labels_for(encoding, rendered.spans), token_parts(encoding, rendered.parts))
+    return out
+
+
+VERIFY_FIRST, SAMPLE = 16, 256  # rows of each process labelled both ways: the first few, then 1 in SAMPLE
+_compared = {"rows": 0}
+
+
+def agrees_with_offsets(tokenizer, texts, ids_rows, labels_rows, rendered) -> bool:
+    """Whether the sampled rows' ids and labels equal those computed from the tokenizer's offsets."""
+    picked = []
+    for row, labels in enumerate(labels_rows):
+        if labels is not None:
+            _compared["rows"] += 1
+            seen = _compared["rows"]
+            if seen <= VERIFY_FIRST or seen % SAMPLE == 0:
+                picked.append(row)
+    if not picked:
+        return True
+    encodings = encode_texts(tokenizer, [texts[row] for row in picked], False)
+    return all(labels_for(encoding, rendered[row].spans) == (ids_rows[row], labels_rows[row])
+               for row, encoding in zip(picked, encodings))
+
+
 def encode_batch(batch, indices, tokenizer, plan, loss_mode, max_length, truncation_mode, fallback, source):
     """`Dataset.map(batched=True)` function. A failed example is kept with its error and filtered out later."""
     size = len(indices)
@@ -112,20 +167,11 @@ def encode_batch(batch, indices, tokenizer, plan, loss_mode, max_length, truncat
         except MaskError as err:
             items.append(Item(row, None, str(err)))
 
-    encodings = [None] * len(items)
-    for is_chat in (True, False):  # chat templates write their own special tokens; plain text gets BOS as in TRL
-        chosen = [k for k, item in enumerate(items) if item.rendered is not None and item.rendered.is_chat == is_chat]
-        if chosen:
-            texts = [items[k].rendered.text for k in chosen]
-            for k, encoding in zip(chosen, encode_texts(tokenizer, texts, not is_chat)):
-                encodings[k] = encoding
-
     out = {name: [] for name in COLUMNS}
-    for item, encoding in zip(items, encodings):
+    for item, tokens in zip(items, tokens_of(tokenizer, items)):
         rendered = item.rendered
-        ids, labels = labels_for(encoding, rendered.spans) if encoding is not None else ([], [])
-        parts = token_parts(encoding, rendered.parts) if encoding is not None else []
-        full_trained = len(labels) - labels.count(IGNORE)
+        ids, labels, parts = tokens or ([], [], [])
+        full_trained = trained = len(labels) - labels.count(IGNORE)
         cut = bool(max_length) and len(ids) > max_length
         if cut:
             keep = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
@@ -133,7 +179,7 @@ def encode_batch(batch, indices, tokenizer, plan, loss_mode, max_length, truncat
             ids, labels = ids[keep], labels[keep]
             parts = [[max(a - shift, 0), min(b - shift, len(ids)), kind] for a, b, kind in parts
                      if b - shift > 0 and a - shift < len(ids)]
-        trained = len(labels) - labels.count(IGNORE)
+            trained = len(labels) - labels.count(IGNORE)
         out["input_ids"].append(ids)
         out["labels"].append(labels)
         out["length"].append(len(ids))
