@@ -170,6 +170,9 @@ def run_callbacks(recipe, tokenizer, eval_rows) -> tuple[list, object]:
 
 def main(argv: list[str] | None = None) -> None:
     """`python sft/run.py RECIPE [--key value ...]`: the same run as `sft train`."""
+    from sft.train.hardware import default_cuda_allocator
+
+    default_cuda_allocator()  # before anything imports torch: every rank under accelerate launch starts here
     from sft.errors import EXIT_INTERRUPTED, EXIT_STOPPED, exit_on_user_error, take_debug_flag
     from sft.console import quiet_library_noise
 

@@ -55,8 +55,10 @@ def run_cli_in_process(*args, cwd=None, env=None):
 
     old_cwd = os.getcwd()
     runner = CliRunner()
-    # isolation() restores these afterwards; SFT_DEBUG is listed so a `--debug` (which sets it) cannot leak.
-    with runner.isolation(env={"SFT_DEBUG": None, **(env or {})}) as (out, err, _):
+    # isolation() restores these afterwards; SFT_DEBUG and PYTORCH_CUDA_ALLOC_CONF are listed so that a `--debug` or
+    # sft's allocator default (which set them) cannot leak.
+    kept = {"SFT_DEBUG": None, "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
+    with runner.isolation(env={**kept, **(env or {})}) as (out, err, _):
         os.chdir(cwd or old_cwd)
         try:
             main([str(a) for a in args])

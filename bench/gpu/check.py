@@ -21,7 +21,8 @@
    TFLOP/s and MFU with method-aware FLOPs (flops_per_token below), peak GPU memory (PyTorch's allocated and
    reserved peaks, and the device's: reserved peak plus what CUDA holds outside PyTorch), and `sft plan`'s
    estimate for the same recipe with estimate / device peak. Results also go to $OUT/gpu_check.json when OUT is
-   set (or --json).
+   set (or --json). The CUDA allocator is the one `sft train` sets up (expandable segments, unless
+   PYTORCH_CUDA_ALLOC_CONF is set: `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False` measures torch's default).
 
 Everything stays within --minutes (default 8): configurations that would start too late are listed as skipped.
 
@@ -436,6 +437,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never wait on a network
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sft.train.hardware import default_cuda_allocator  # standard library only
+
+    default_cuda_allocator()  # before torch, as `sft train`; each configuration's process inherits it
     if args.worker:
         return worker(args.worker[0], args.worker[1], args.warmup or 0, args.seconds_per_config or 0)
     if args.build_model:
@@ -469,8 +473,10 @@ def main() -> None:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sft-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     shape = TINY if dry else LLAMA_1B
+    allocator = os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
     print(f"torch {torch.__version__} on {device}" + (f" ({memory_gb:.0f} GB)" if gpu else "") +
-          (f"; peak {peak / 1e12:g} TFLOP/s" if peak else "; peak unknown (--peak-tflops)"), flush=True)
+          (f"; peak {peak / 1e12:g} TFLOP/s" if peak else "; peak unknown (--peak-tflops)") +
+          f"; CUDA allocator: {allocator}", flush=True)
 
     configs, notes = configurations(gpu)
     if args.configs:
@@ -549,8 +555,8 @@ def main() -> None:
         if report:
             report.parent.mkdir(parents=True, exist_ok=True)
             report.write_text(json.dumps({"device": device, "peak_flops": peak, "dry_run": dry, "seq": args.seq,
-                                          "batch": args.batch, "torch": torch.__version__, "model": shape,
-                                          "left_out": notes, "results": results}, indent=2))
+                                          "batch": args.batch, "torch": torch.__version__, "allocator": allocator,
+                                          "model": shape, "left_out": notes, "results": results}, indent=2))
     print(f"MFU: model FLOPs per token (full 6P, LoRA/QLoRA 4P + 6 x adapter, attention 12 x layers x width x "
           f"causal keys) x tokens/s / {peak / 1e12 if peak else '?'} TFLOP/s; dev GB = PyTorch's reserved peak + "
           f"CUDA outside PyTorch; plan = `sft plan` single_gpu; refused = `sft train` stops before training "

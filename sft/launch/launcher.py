@@ -57,7 +57,9 @@ def launch(recipe_address: str | None, overrides=(), profile: str | None = None,
     """Options given here win over the recipe's `accelerate_config` and `num_processes` keys (TRL's CLI keys)."""
     from sft.console import say
     from sft.recipe.load import load_recipe
+    from sft.train.hardware import default_cuda_allocator
 
+    default_cuda_allocator()  # before torch is imported; the ranks inherit it with the rest of os.environ
     recipe = load_recipe(recipe_address, overrides)
     asked_by = "--profile" if profile else "accelerate_config"
     profile = profile or recipe.sft.accelerate_config or "auto"

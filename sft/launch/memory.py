@@ -18,7 +18,10 @@ Parameters are counted exactly on the meta device (no weights). The estimate add
                layer plus one layer recomputed in full
   logits       s*b*V*4 bytes of fp32 logits and as much again for their gradient
   zero3_gather ZeRO-3 gathers whole layers to compute: the largest block, twice (current and prefetched)
-  overhead     1 GiB CUDA context and kernels, plus 10% of the rest for allocator fragmentation and buffers
+  overhead     1 GiB CUDA context and kernels, plus 10% of the rest for allocator fragmentation and buffers,
+               with the expandable segments runs use by default (a PYTORCH_CUDA_ALLOC_CONF of your own replaces
+               them; under torch's default allocator packed runs peaked at 2.0-2.6x the estimate: README, GPU
+               check)
 A profile fits when its estimate leaves 10% of the GPU free (HEADROOM).
 """
 

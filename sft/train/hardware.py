@@ -8,6 +8,15 @@ HARDWARE_KEYS = ("bf16", "fp16", "ddp_backend", "use_cpu", "dtype", "attn_implem
                  "padding_free", "tf32")  # the last four: sft/capabilities.py's fallbacks
 
 
+def default_cuda_allocator() -> None:
+    """PyTorch's CUDA caching allocator with expandable segments, unless the user configured the allocator
+    (PYTORCH_CUDA_ALLOC_CONF, or torch's newer name PYTORCH_ALLOC_CONF, which wins over it). Torch reads it when CUDA
+    starts: call this before `import torch`. A CPU-only torch ignores it."""
+    # Without it, packed batches fragmented an H200's cache: 2x the allocated peak reserved, 1.45x slower (README)
+    if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+
+
 def has_gpu() -> bool:
     import torch
 

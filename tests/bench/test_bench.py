@@ -118,8 +118,8 @@ DRY_SEQ, DRY_RANK = 64, 16
 
 
 def gpu_check(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env.pop("OUT", None)
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(GPU_CHECK), *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, check=False, env=env)
 
@@ -185,6 +185,7 @@ def test_gpu_check_runs_a_configuration_in_its_own_process_and_skips_what_the_ti
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [first] = json.loads(report.read_text())["results"]
     assert (first["name"], first["status"], first["timed_steps"]) == ("full-sdpa-wrapped", "ok", 3)
+    assert "CUDA allocator: expandable_segments:True" in proc.stdout  # the allocator `sft train` sets up
     assert first["mfu"] is None and "peak unknown (--peak-tflops)" in proc.stdout  # a CPU has no peak in the table
     assert first["peak_allocated_bytes"] > 4 * first["parameters"]  # the worker process's peak resident set
     assert "===== full-sdpa-wrapped (exit code 0)" in (tmp_path / "workers.log").read_text()
