@@ -49,7 +49,9 @@ def _byte_lengths(backend) -> np.ndarray | None:
             or any(step.get("type") == "ByteLevel" and step.get("add_prefix_space") for step in pre_steps)
             or any(step.get("type") == "ByteLevel" and step.get("trim_offsets") for step in post_steps)):
         return None
-    alphabet = set(_byte_alphabet())
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = set(ByteLevel.alphabet())  # the characters byte-level BPE writes the 256 bytes as
     vocab = model["vocab"]
     added = backend.get_added_tokens_decoder()
     size = max([*vocab.values(), *added.keys()]) + 1
@@ -63,13 +65,6 @@ def _byte_lengths(backend) -> np.ndarray | None:
             return None
         lengths[index] = len(token.content.encode())
     return lengths
-
-
-def _byte_alphabet() -> list[str]:
-    """The characters byte-level BPE writes bytes as (GPT-2's bytes_to_unicode)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    others = [b for b in range(256) if b not in printable]
-    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
 
 
 def labels_from_lengths(lengths: np.ndarray, texts: list[str], ids_rows: list[list[int]],

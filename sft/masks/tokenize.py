@@ -4,6 +4,7 @@ A token is trained when its characters overlap a trained span (the first and the
 with `char_to_token`, as transformers does), so tokens that merge across a boundary are handled as in TRL's masks.
 """
 
+import itertools
 import json
 from dataclasses import dataclass
 
@@ -131,7 +132,7 @@ def tokens_of(tokenizer, items: list[Item]) -> list[tuple[list, list, list] | No
 
 
 VERIFY_FIRST, SAMPLE = 16, 256  # rows of each process labelled both ways: the first few, then 1 in SAMPLE
-_compared = {"rows": 0}
+_labelled_fast = itertools.count(1)  # this process's rows labelled from byte lengths
 
 
 def agrees_with_offsets(tokenizer, texts, ids_rows, labels_rows, rendered) -> bool:
@@ -139,8 +140,7 @@ def agrees_with_offsets(tokenizer, texts, ids_rows, labels_rows, rendered) -> bo
     picked = []
     for row, labels in enumerate(labels_rows):
         if labels is not None:
-            _compared["rows"] += 1
-            seen = _compared["rows"]
+            seen = next(_labelled_fast)
             if seen <= VERIFY_FIRST or seen % SAMPLE == 0:
                 picked.append(row)
     if not picked:
@@ -211,8 +211,6 @@ def arrow_table(columns: dict):
 def int32_lists(rows: list[list[int]]):
     """Lists of ints as an Arrow list<int32> array, built from one flat numpy array and the offsets (faster than
     `pa.array` on the nested lists, which checks each value's type)."""
-    import itertools
-
     import numpy as np
     import pyarrow as pa
 
