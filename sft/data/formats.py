@@ -179,6 +179,16 @@ def normalise(row: dict, fmt: str, instruction_template: str = "chat") -> dict:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def renders_chat(fmt: str, features, instruction_template: str = "chat") -> bool:
+    """Whether rows of this format and these columns become messages (and need a chat template), as `normalise`
+    decides: prompt/completion data does when its prompt column holds lists of messages."""
+    if fmt == "prompt_completion":
+        from datasets import LargeList, List
+
+        return isinstance(features.get("prompt"), (List, LargeList, list))
+    return fmt in ("chat", "sharegpt") or (fmt == "instruction" and instruction_template != "alpaca")
+
+
 def default_loss_mode(fmt: str) -> str:
     return {"chat": "assistant", "sharegpt": "assistant", "text": "all"}.get(fmt, "completion")
 

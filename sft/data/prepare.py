@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sft.data.formats import default_loss_mode
 from sft.data.mixture import recipe_sources
-from sft.data.rows import BadRow, SourceRows, read_source, read_sources
+from sft.data.rows import BadRow, SourceRows, bad_rows, no_row_fits, read_source, read_sources
 from sft.data.prepared import PreparedData
 from sft.data.split import Split, decoded, examples_only, mix, split_eval, without
 from sft.data.sources import local_data_files
@@ -35,16 +35,25 @@ class RecipeData:
     notes: list[str]
 
 
-def read_mix_split(recipe) -> RecipeData:
+def read_mix_split(recipe, defer_normalising: bool = False) -> RecipeData:
     """Read every source, mix, and split off the eval data: test_split_size (exact duplicates removed first), or
-    with evaluation asked for and no test_split_size, the source's own `dataset_test_split` split."""
+    with evaluation asked for and no test_split_size, the source's own `dataset_test_split` split.
+
+    defer_normalising: when there is one source and nothing is mixed or split off, its rows are left raw and the
+    tokenizing pass normalises them (`SourceRows.reader`): one pass over the data instead of two."""
     sources, test_size, seed, notes = recipe_sources(recipe)
+    evaluating = getattr(recipe.training.eval_strategy, "value", recipe.training.eval_strategy) not in ("no", None)
+    if (defer_normalising and len(sources) == 1 and test_size is None and not evaluating
+            and sources[0].fraction is None and sources[0].weight is None):
+        part = read_sources(sources, recipe, normalise_now=False)[0]
+        split = Split(part.dataset if part.reader else examples_only(part.dataset), None)
+        return RecipeData([part], split, [] if part.reader else part.bad, notes)
     parts = read_sources(sources, recipe)
     bad = [b for part in parts for b in part.bad]
     rows = mix(parts, seed)
     if test_size is not None:
         split = split_eval(rows, test_size, seed, recipe.source)
-    elif getattr(recipe.training.eval_strategy, "value", recipe.training.eval_strategy) not in ("no", None):
+    elif evaluating:
         split = eval_split_from_source(recipe, sources, rows, bad)
     else:
         split = Split(examples_only(rows), None)
@@ -91,9 +100,9 @@ def prepare_here(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     loss_mode = recipe.sft.loss_mode  # TRL's loss switches were read as loss modes by sft/recipe/finalize.py
     if recipe.sft.mask_fallback not in FALLBACKS:
         raise UserError(f"{recipe.source}: mask_fallback must be one of {', '.join(FALLBACKS)}")
-    data = read_mix_split(recipe)
+    data = read_mix_split(recipe, defer_normalising=limit is None)
     notes += data.notes
-    parts, bad, problems = data.parts, data.bad, []
+    parts, problems = data.parts, []
     train_set, eval_set = data.split.train, data.split.eval
     if any(p.chat for p in parts):
         check_has_template(tokenizer, recipe.source)
@@ -104,14 +113,18 @@ def prepare_here(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     if limit is not None:
         train_set = train_set.select(range(min(limit, len(train_set))))
         eval_set = None
-    if bad and not recipe.sft.skip_bad_rows:
-        problems.append(describe_bad_rows(bad))
 
     settings = dict(tokenizer=tokenizer, loss_mode=loss_mode, max_length=recipe.training.max_length,
                     truncation_mode=recipe.training.truncation_mode, mask_fallback=recipe.sft.mask_fallback,
                     use_cache=recipe.sft.data_cache and limit is None, plan=plan,
                     num_proc=recipe.training.dataset_num_proc)
-    tokenized = tokenize_all(train_set, source="training data", **settings)
+    tokenized = tokenize_all(train_set, source="training data", reader=parts[0].reader, **settings)
+    bad = data.bad
+    if parts[0].reader:  # the rows were normalised as they were tokenized: their bad rows come out now
+        tokenized = without_bad_rows(tokenized, parts[0], train_set.column_names)
+        bad = parts[0].bad
+    if bad and not recipe.sft.skip_bad_rows:
+        problems.append(describe_bad_rows(bad))
     summary_args = (recipe.sft.skip_bad_rows, recipe.sft.max_dropped_fraction, recipe.training.max_length)
     keep, stats, train_problems = summarise(tokenized, "training data", *summary_args)
     problems += train_problems
@@ -137,6 +150,17 @@ def prepare_here(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
         raise UserError(problems[0])
     return PreparedData(full.select_columns(["input_ids", "labels"]), eval_final, stats, problems, notes, full,
                         eval_set)
+
+
+def without_bad_rows(tokenized, part: SourceRows, columns: list[str]):
+    """The tokenized rows less those that failed normalising, which become `part.bad`, as the normalising pass
+    gives them."""
+    from dataclasses import replace
+
+    part.bad, good = bad_rows(tokenized.full)
+    if not len(good):
+        raise UserError(no_row_fits(part, columns))
+    return tokenized if len(good) == len(tokenized.full) else replace(tokenized, full=tokenized.full.select(good))
 
 
 def load_recipe_data(recipe):

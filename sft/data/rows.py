@@ -1,13 +1,17 @@
 """Rows: every row of a source checked and normalised in Arrow, by batched `datasets.map` (with the recipe's
 `dataset_num_proc`), into JSON examples written to disk: no Python list of the whole dataset is built. A bad row
-is kept as its reason until it is counted and named (file and line, computed from its position)."""
+is kept as its reason until it is counted and named (file and line, computed from its position).
+
+A source that nothing mixes or splits skips that pass: its raw rows go to the tokenizing pass with the RowReader
+that normalises them there, and its bad rows come out of that pass's `bad` column."""
 
 import json
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import NamedTuple
 
-from sft.data.formats import detect_format, normalise
+from sft.data.formats import detect_format, normalise, renders_chat
 from sft.data.sources import Part, Source, Where, load_source_parts
 from sft.masks.cache import scratch_file, scratch_name
 from sft.errors import UserError
@@ -22,6 +26,51 @@ class BadRow(NamedTuple):
 
 
 @dataclass
+class RowReader:
+    """How the raw rows of one source are normalised: by the normalising pass, or, for a source that nothing mixes
+    or splits, by the tokenizing pass itself (sft.masks.tokenize), which then reads the data once instead of twice."""
+
+    fmt: str
+    instruction_template: str
+    where: object  # row position -> "file:line" (a Where, or a JoinedWhere over several files)
+    source_index: int = 0
+
+    def read(self, batch: dict, indices) -> tuple[list[dict | None], list[str | None]]:
+        """Each row of a `Dataset.map` batch normalised, or None with the reason it is bad."""
+        names = list(batch)
+        examples, reasons = [], []
+        for position in range(len(indices)):
+            try:
+                example, reason = normalise({name: batch[name][position] for name in names}, self.fmt,
+                                            self.instruction_template), None
+            except ValueError as err:
+                example, reason = None, str(err)
+            examples.append(example)
+            reasons.append(reason)
+        return examples, reasons
+
+    def cache_key(self) -> dict:
+        """What the rows' normalised form and their where strings depend on besides the rows' contents (the line
+        numbers move with blank lines, which the rows do not show)."""
+        wheres = self.where.wheres if isinstance(self.where, JoinedWhere) else [self.where]
+        return {"format": self.fmt, "instruction_template": self.instruction_template, "source": self.source_index,
+                "where": [[w.label, w.first, None if w.lines is None else blake2b(w.lines.tobytes()).hexdigest()]
+                          for w in wheres]}
+
+
+@dataclass
+class JoinedWhere:
+    """Where the rows of several parts, read one after the other as one dataset, came from."""
+
+    wheres: list[Where]
+    starts: list[int]  # each part's first row in the joined dataset
+
+    def __call__(self, index: int) -> str:
+        part = bisect_right(self.starts, index) - 1
+        return self.wheres[part](index - self.starts[part])
+
+
+@dataclass
 class SourceRows:
     """One source, normalised: a dataset of its good rows (example JSON, where, digest, source index) and the bad
     rows, named."""
@@ -32,61 +81,63 @@ class SourceRows:
     dataset: object = None
     bad: list[BadRow] = field(default_factory=list)
     chat: bool = False  # some example goes through the chat template
+    reader: RowReader | None = None  # set when `dataset` holds the raw rows, normalised as they are tokenized
 
     @property
     def examples(self) -> int:
         return 0 if self.dataset is None else len(self.dataset)
 
 
-def normalise_batch(batch, indices, fmt, instruction_template, where: Where, source_index: int):
+def normalise_batch(batch, indices, reader: RowReader):
     """`Dataset.map(batched=True)` function: each raw row as example JSON, or its reason when it is bad."""
     import pyarrow as pa
 
-    names = list(batch)
-    examples, reasons, digests = [], [], []
-    for position in range(len(indices)):
-        text = reason = digest = None
-        try:
-            example = normalise({name: batch[name][position] for name in names}, fmt, instruction_template)
+    examples, digests = [], []
+    normalised, reasons = reader.read(batch, indices)
+    for example in normalised:
+        text = digest = None
+        if example is not None:
             # key order kept: templates write mappings (tools, tool-call arguments) in the order they are given
             text = json.dumps(example, ensure_ascii=False)
             digest = blake2b(text.encode(), digest_size=16).digest()  # exact duplicates, compared compactly
-        except ValueError as err:
-            reason = str(err)
         examples.append(text)
-        reasons.append(reason)
         digests.append(digest)
-    return pa.table({"example": pa.array(examples, pa.string()), "where": pa.array([where(i) for i in indices]),
-                     "digest": pa.array(digests, pa.binary(16)), "source": pa.array([source_index] * len(indices),
-                                                                                      pa.int32()),
+    return pa.table({"example": pa.array(examples, pa.string()), "where": pa.array([reader.where(i) for i in indices]),
+                     "digest": pa.array(digests, pa.binary(16)),
+                     "source": pa.array([reader.source_index] * len(indices), pa.int32()),
                      "bad": pa.array(reasons, pa.string())})
 
 
-def normalised_part(part: Part, fmt: str, source: Source, source_index: int, instruction_template: str,
-                    num_proc: int | None) -> SourceRows:
-    import numpy as np
+def normalised_part(part: Part, reader: RowReader, source: Source, num_proc: int | None) -> SourceRows:
     import pyarrow.compute as pc
 
     raw = part.dataset
-    result = SourceRows(source, fmt, len(raw))
+    result = SourceRows(source, reader.fmt, len(raw))
     if len(raw) == 0:
         return result
     num_proc = num_proc if num_proc and num_proc > 1 and len(raw) >= 2 * num_proc else None
     with frozen_heap():
         mapped = raw.map(normalise_batch, batched=True, batch_size=1000, with_indices=True, num_proc=num_proc,
                          remove_columns=raw.column_names, cache_file_name=scratch_file("normalised"),
-                         load_from_cache_file=False, new_fingerprint=scratch_name(),
-                         fn_kwargs=dict(fmt=fmt, instruction_template=instruction_template, where=part.where,
-                                        source_index=source_index))
-    is_bad = pc.is_valid(mapped.data.column("bad"))
-    if pc.any(is_bad).as_py():
-        rows = mapped.data.filter(is_bad).select(["where", "bad"]).to_pylist()
-        result.bad = [BadRow(row["where"], row["bad"]) for row in rows]
-    good = np.flatnonzero(~is_bad.to_numpy(zero_copy_only=False))
+                         load_from_cache_file=False, new_fingerprint=scratch_name(), fn_kwargs=dict(reader=reader))
+    result.bad, good = bad_rows(mapped)
     result.dataset = mapped.select_columns(["example", "where", "digest", "source"]).select(good)
     if len(good):
         result.chat = pc.any(pc.starts_with(mapped.data.column("example"), '{"messages"')).as_py()
     return result
+
+
+def bad_rows(mapped) -> tuple[list[BadRow], object]:
+    """(the rows that failed normalising, named; the indices of the others) of a dataset with where and bad."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    is_bad = pc.is_valid(mapped.data.column("bad"))
+    bad = []
+    if pc.any(is_bad).as_py():
+        bad = [BadRow(row["where"], row["bad"])
+               for row in mapped.data.filter(is_bad).select(["where", "bad"]).to_pylist()]
+    return bad, np.flatnonzero(~is_bad.to_numpy(zero_copy_only=False))
 
 
 def prepare_columns(raw, source: Source, recipe):
@@ -109,33 +160,46 @@ def prepare_columns(raw, source: Source, recipe):
     return raw, detect_format(raw.column_names, source.format or recipe.sft.dataset_format, source.label)
 
 
-def read_source(source: Source, recipe, index: int = 0, split: str | None = None) -> SourceRows:
+def read_source(source: Source, recipe, index: int = 0, split: str | None = None,
+                normalise_now: bool = True) -> SourceRows:
+    """One source's rows, normalised. normalise_now=False: where its files agree in format and columns, its raw
+    rows with the reader that normalises them as they are tokenized (`SourceRows.reader`)."""
     from datasets import concatenate_datasets
 
-    parts = load_source_parts(source.path, source.name, split or source.split, source.data_files, source.data_dir,
-                              source.label)
-    result, datasets = None, []
-    for part in parts:
-        raw, fmt = prepare_columns(part.dataset, source, recipe)
-        rows = normalised_part(Part(raw, part.where), fmt, source, index, recipe.sft.instruction_template,
-                               recipe.training.dataset_num_proc)
-        if result is None:
-            result = rows
-        elif rows.format != result.format:
-            raise UserError(f"{source.label}: {part.where.label} holds {rows.format} data and the files before it "
-                            f"{result.format}; list them as separate sources")
-        else:
-            result.rows += rows.rows
-            result.bad += rows.bad
-            result.chat = result.chat or rows.chat
-        if rows.dataset is not None:
-            datasets.append(rows.dataset)
-    if result.rows == 0:
+    loaded = load_source_parts(source.path, source.name, split or source.split, source.data_files, source.data_dir,
+                               source.label)
+    parts, fmt = [], None
+    for part in loaded:
+        raw, part_format = prepare_columns(part.dataset, source, recipe)
+        if fmt is not None and part_format != fmt:
+            raise UserError(f"{source.label}: {part.where.label} holds {part_format} data and the files before it "
+                            f"{fmt}; list them as separate sources")
+        parts.append(Part(raw, part.where))
+        fmt = part_format
+    total, columns = sum(len(p.dataset) for p in parts), parts[-1].dataset.column_names
+    if total == 0:
         raise UserError(f"{source.label}: the dataset is empty")
-    if datasets:
-        result.dataset = datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets)
-    if not result.examples:
-        raise UserError(no_row_fits(result, raw.column_names))
+    template = recipe.sft.instruction_template
+    if not normalise_now and all(p.dataset.features == parts[0].dataset.features for p in parts):
+        starts = [0]
+        for part in parts[:-1]:
+            starts.append(starts[-1] + len(part.dataset))
+        where = parts[0].where if len(parts) == 1 else JoinedWhere([p.where for p in parts], starts)
+        raw = parts[0].dataset if len(parts) == 1 else concatenate_datasets([p.dataset for p in parts])
+        return SourceRows(source, fmt, total, raw, chat=renders_chat(fmt, raw.features, template),
+                          reader=RowReader(fmt, template, where, index))
+    result = SourceRows(source, fmt, total)
+    datasets = []
+    for part in parts:
+        rows = normalised_part(part, RowReader(fmt, template, part.where, index), source,
+                               recipe.training.dataset_num_proc)
+        result.bad += rows.bad
+        result.chat = result.chat or rows.chat
+        if rows.examples:
+            datasets.append(rows.dataset)
+    if not datasets:
+        raise UserError(no_row_fits(result, columns))
+    result.dataset = datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets)
     return result
 
 
@@ -152,13 +216,13 @@ def no_row_fits(result: SourceRows, columns: list[str]) -> str:
     return f"{where}: {reason}; none of the {result.rows} rows can be used: fix the data"
 
 
-def read_sources(sources: list[Source], recipe) -> list[SourceRows]:
+def read_sources(sources: list[Source], recipe, normalise_now: bool = True) -> list[SourceRows]:
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
     shown = is_progress_bar_enabled()
     disable_progress_bar()  # reading files is quick; a bad file should read as one error line
     try:
-        return [read_source(source, recipe, index) for index, source in enumerate(sources)]
+        return [read_source(source, recipe, index, normalise_now=normalise_now) for index, source in enumerate(sources)]
     finally:
         if shown:
             enable_progress_bar()

@@ -68,9 +68,9 @@ def _byte_lengths(backend) -> np.ndarray | None:
 
 
 def labels_from_lengths(lengths: np.ndarray, texts: list[str], ids_rows: list[list[int]],
-                        spans_rows: list[list[tuple[int, int]]]) -> list[list[int] | None]:
-    """Each row's labels, as `labels_for` gives them from the tokenizer's offsets; None for a row whose token
-    lengths do not add up to its text (it takes the exact path)."""
+                        spans_rows: list[list[tuple[int, int]]]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Each row's (input ids, labels) as int32 arrays, the labels as `labels_for` gives them from the tokenizer's
+    offsets; None for a row whose token lengths do not add up to its text (it takes the exact path)."""
     counts = np.fromiter(map(len, ids_rows), np.int64, len(ids_rows))
     firsts = np.zeros(len(ids_rows) + 1, np.int64)
     np.cumsum(counts, out=firsts[1:])
@@ -106,5 +106,8 @@ def labels_from_lengths(lengths: np.ndarray, texts: list[str], ids_rows: list[li
         at = np.searchsorted(ends, np.asarray(points, np.int64) + np.repeat(bases[rows], 2), side="right")
         np.add.at(trained, at[::2], 1)
         np.add.at(trained, at[1::2] + 1, -1)
-    labels = np.where(np.cumsum(trained[:-1]) > 0, ids, IGNORE).tolist()
-    return [labels[firsts[row]:firsts[row + 1]] if fits[row] else None for row in range(len(ids_rows))]
+    # int32 throughout: the Arrow columns take them as they are (no Python list per row)
+    ids = ids.astype(np.int32)
+    labels = np.where(np.cumsum(trained[:-1]) > 0, ids, np.int32(IGNORE))
+    return [(ids[firsts[row]:firsts[row + 1]], labels[firsts[row]:firsts[row + 1]]) if fits[row] else None
+            for row in range(len(ids_rows))]

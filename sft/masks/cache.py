@@ -39,10 +39,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 @lru_cache(maxsize=None)
 def labelling_code() -> str:
-    """A digest of the code and templates that turn rows into tokens and labels (sft/masks, sft/templates), so a
-    change to them, released or not, never reuses labels the old code produced."""
+    """A digest of the code and templates that turn rows into tokens and labels (sft/masks, sft/templates, and the
+    normalising of raw rows, which the tokenizing pass may do), so a change to them, released or not, never reuses
+    labels the old code produced."""
     digest = hashlib.sha256()
-    for path in sorted([*(PACKAGE / "masks").iterdir(), *(PACKAGE / "templates").iterdir()]):
+    normalising = [PACKAGE / "data" / "formats.py", PACKAGE / "data" / "rows.py"]
+    for path in sorted([*(PACKAGE / "masks").iterdir(), *(PACKAGE / "templates").iterdir(), *normalising]):
         if path.is_file() and path.suffix in (".py", ".jinja"):
             digest.update(f"{path.relative_to(PACKAGE)}\0".encode() + path.read_bytes())
     return digest.hexdigest()

@@ -16,9 +16,10 @@ exact way and compared: one difference and the shape takes the exact path from t
 import json
 import re
 from dataclasses import dataclass
+from itertools import accumulate
 
 from sft.masks.plan import MaskError, MaskPlan, render
-from sft.masks.spans import Rendered, chat_examples, clean_messages
+from sft.masks.spans import Rendered, chat_examples
 
 VERIFY_FIRST, SAMPLE = 3, 256  # rows of each shape checked against the exact path: the first few, then 1 in SAMPLE
 # Whitespace around each placeholder, to tell which ends the template trims. The skeleton is made once with each
@@ -37,6 +38,9 @@ class Skeleton:
     bounds: list[tuple[int, int]]  # each span boundary: (slots before it, offset in the text without the slots)
     fell_back: bool = False  # mask_fallback: last_assistant chose the last turn alone
     checked: int = 0  # rows compared with the exact path so far
+
+    def __post_init__(self):
+        self.strips = [STRIPS[trim] for trim in self.trims]  # how each slot's text is put in
 
 
 def build(plan: MaskPlan, messages: list[dict], example: dict, loss_mode: str, fallback: str) -> Skeleton | None:
@@ -91,22 +95,16 @@ def prompts_lead(plan: MaskPlan, probe: list[dict], example: dict, text: str, lo
         return False
 
 
-def trimmed(text: str, trims: tuple[bool, bool]) -> str:
-    if trims == (True, True):
-        return text.strip()
-    return text.lstrip() if trims[0] else text.rstrip() if trims[1] else text
+STRIPS = {(False, False): None, (True, True): str.strip, (True, False): str.lstrip, (False, True): str.rstrip}
 
 
 def fill(skeleton: Skeleton, texts: list[str]) -> Rendered:
-    filled = [trimmed(t, trim) for t, trim in zip(texts, skeleton.trims)]
-    offsets = [0]
-    for piece in filled:
-        offsets.append(offsets[-1] + len(piece))
-    out = [skeleton.literals[0]]
-    for piece, literal in zip(filled, skeleton.literals[1:]):
-        out += [piece, literal]
+    filled = [text if strip is None else strip(text) for text, strip in zip(texts, skeleton.strips)]
+    offsets = list(accumulate(map(len, filled), initial=0))
+    pieces = [None] * (2 * len(filled) + 1)
+    pieces[0::2], pieces[1::2] = skeleton.literals, filled  # literal, text, literal, ..., literal
     points = [offset + offsets[slots] for slots, offset in skeleton.bounds]
-    return Rendered("".join(out), list(zip(points[::2], points[1::2])), fell_back=skeleton.fell_back)
+    return Rendered("".join(pieces), list(zip(points[::2], points[1::2])), fell_back=skeleton.fell_back)
 
 
 class Skeletons:
@@ -122,24 +120,27 @@ class Skeletons:
         self.risky = re.compile("|".join(map(re.escape, sorted(risky, key=len, reverse=True))))
 
     def texts(self, messages: list[dict]) -> list[str] | None:
-        """Each message's text, or None when the row's texts could change what the template does."""
+        """Each message's text, or None when the row's texts could change what the template does (or a message
+        has keys beyond role and content that are set)."""
         texts = []
         for message in messages:
             content = message.get("content")
-            if set(message) != {"role", "content"} or not isinstance(content, str) or not content.strip():
+            if type(message.get("role")) is not str:
                 return None
-            if self.risky.search(content):
+            if len(message) != 2 and any(v is not None for k, v in message.items() if k not in ("role", "content")):
+                return None
+            if type(content) is not str or not content.strip() or self.risky.search(content):
                 return None
             texts.append(content)
         return texts
 
     def examples(self, example: dict, loss_mode: str, fallback: str) -> list[Rendered]:
         """The row's examples, equal to `chat_examples(plan, example, loss_mode, fallback)`."""
-        messages = clean_messages(example.get("messages") or [])
+        messages = example.get("messages") or []
         texts = self.texts(messages)
         if texts is None:
             return chat_examples(self.plan, example, loss_mode, fallback)
-        key = (tuple(m["role"] for m in messages), loss_mode, fallback, example.get("_completion_turns"),
+        key = (tuple(m.get("role") for m in messages), loss_mode, fallback, example.get("_completion_turns"),
                _text(example.get("tools")), _text(example.get("chat_template_kwargs")))
         if key not in self.shapes:  # a shape seen once (tools that differ per row) is not worth a skeleton yet
             if len(self.shapes) >= MAX_SHAPES:

@@ -5,6 +5,7 @@ plain byte ranges are left to the offsets; a row or a sample that disagrees take
 import json
 import re
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,9 +64,10 @@ def test_labels_from_byte_lengths_equal_labels_from_offsets(tokenizer, rows):
     texts = [text for text, _ in rows]
     ids_rows = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     got = labels_from_lengths(lengths, texts, ids_rows, [spans for _, spans in rows])
-    for (text, spans), ids, labels in zip(rows, ids_rows, got):
+    for (text, spans), ids, (got_ids, labels) in zip(rows, ids_rows, got):
         encoding = backend.encode(text, add_special_tokens=False)
-        assert (ids, labels) == labels_for(encoding, spans), (text, spans)
+        assert (got_ids.tolist(), labels.tolist()) == labels_for(encoding, spans) and got_ids.tolist() == ids, (
+            text, spans)
 
 
 def test_a_split_multibyte_character_trains_the_first_token_holding_it_as_char_to_token_does(tokenizer):
@@ -74,8 +76,8 @@ def test_a_split_multibyte_character_trains_the_first_token_holding_it_as_char_t
     ids = backend.encode_batch_fast([text], add_special_tokens=False)[0].ids
     encoding = backend.encode(text, add_special_tokens=False)
     assert len(ids) > 3  # the emoji's four bytes are more than one token
-    (labels,) = labels_from_lengths(byte_lengths(tokenizer), [text], [ids], [[(1, 2)]])
-    assert labels == labels_for(encoding, [(1, 2)])[1]
+    ((_, labels),) = labels_from_lengths(byte_lengths(tokenizer), [text], [ids], [[(1, 2)]])
+    assert labels.tolist() == labels_for(encoding, [(1, 2)])[1]
     assert labels[1] == ids[1] and labels[0] == -100 and labels[-1] == -100
 
 
@@ -117,13 +119,13 @@ def test_a_sample_that_disagrees_sends_the_process_back_to_the_offsets():
     rendered = Rendered("<|start_header_id|>user<|end_header_id|>\n\nhi there<|eot_id|>", [(42, 50)])
     ids = tokenizer.backend_tokenizer.encode_batch_fast([rendered.text], add_special_tokens=False)[0].ids
     (right,) = labels_from_lengths(byte_lengths(tokenizer), [rendered.text], [ids], [rendered.spans])
-    assert agrees_with_offsets(tokenizer, [rendered.text], [ids], [right], [rendered])
-    wrong = [-100] * len(ids)
-    assert not agrees_with_offsets(tokenizer, [rendered.text], [ids], [wrong], [rendered])
+    assert agrees_with_offsets(tokenizer, [rendered.text], [right], [rendered], [0])
+    wrong = (right[0], np.full(len(ids), -100, np.int32))
+    assert not agrees_with_offsets(tokenizer, [rendered.text], [wrong], [rendered], [0])
     forget_byte_lengths(tokenizer)
     assert byte_lengths(tokenizer) is None
     (tokens,) = tokens_of(tokenizer, [Item(0, rendered)])
-    assert (tokens[0], tokens[1]) == labels_for(
+    assert (tokens[0].tolist(), tokens[1].tolist()) == labels_for(
         tokenizer.backend_tokenizer.encode(rendered.text, add_special_tokens=False), rendered.spans)
 
 
