@@ -39,6 +39,17 @@ def write_atomic(path, text: str, mode: int | None = None) -> None:
         handle.write(text)
 
 
+def recipe_yaml(values: dict, allow_unicode: bool = False) -> str:
+    """A recipe as YAML: a key per line, short lists and mappings of scalars inline (`lora_target_modules: [q_proj,
+    v_proj]`). PyYAML writes a mapping of scalars only as one inline `{...}`, so a recipe of scalar keys alone is
+    written in block style."""
+    import yaml
+
+    options = dict(sort_keys=False, width=120, allow_unicode=allow_unicode)
+    text = yaml.safe_dump(values, default_flow_style=None, **options)
+    return yaml.safe_dump(values, default_flow_style=False, **options) if text.startswith("{") else text
+
+
 def write_jsonl(path, records: Iterable[dict]) -> None:
     """One JSON object per line, UTF-8 as is, written whole or not at all."""
     with replacing(path) as handle:

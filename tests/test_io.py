@@ -7,7 +7,7 @@ import re
 import pytest
 
 from sft.errors import UserError
-from sft.io import frozen_heap, percentiles, read_jsonl, replacing, write_atomic, write_jsonl
+from sft.io import frozen_heap, percentiles, read_jsonl, recipe_yaml, replacing, write_atomic, write_jsonl
 from tests.conftest import run_cli, write_recipe
 
 
@@ -71,3 +71,15 @@ def test_frozen_heap_leaves_existing_objects_out_of_collection_until_it_ends():
     with frozen_heap():
         assert gc.get_freeze_count() >= before + len(existing)  # forked workers' collections skip them
     assert gc.get_freeze_count() == 0
+
+
+def test_recipes_are_written_a_key_per_line_with_short_lists_inline():
+    import yaml
+
+    assert recipe_yaml({"learning_rate": 2.0e-05, "model_name_or_path": "Qwen/Qwen3-0.6B"}) == (
+        "learning_rate: 2.0e-05\nmodel_name_or_path: Qwen/Qwen3-0.6B\n")
+    nested = {"lora_target_modules": ["q_proj", "v_proj"], "model_init_kwargs": {"torch_dtype": "bfloat16"},
+              "note": "日本語"}
+    assert recipe_yaml(nested, allow_unicode=True) == (
+        "lora_target_modules: [q_proj, v_proj]\nmodel_init_kwargs: {torch_dtype: bfloat16}\nnote: 日本語\n")
+    assert yaml.safe_load(recipe_yaml(nested)) == nested

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from sft.io import recipe_yaml
 from sft.recipe.resolved import redact
 from sft.train.checkpoints import complete_checkpoints
 
@@ -108,7 +109,7 @@ def build_card(run_dir, repo_id: str) -> str:
         lines += ["(no evaluation recorded)"]
     lines += ["", "## Package versions", "", *[f"- {k} {v}" for k, v in versions.items()], "",
               "## Resolved recipe", "", "```yaml",
-              yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=120).strip(), "```", ""]
+              recipe_yaml(recipe).strip(), "```", ""]
     card = ModelCard.from_template(card_data(recipe, metrics, repo_id, adapter), template_str=CARD_TEMPLATE,
                                    body="\n".join(lines))
     return str(card)

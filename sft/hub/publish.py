@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from sft.errors import UserError
 from sft.hub.addresses import HubAddress, hub_error, hub_errors, known_token, named_paths
+from sft.io import recipe_yaml
 from sft.recipe.resolved import redact
 
 # Files of a run directory that are never pushed: optimizer/RNG pickles, and the pickled TrainingArguments (which
@@ -124,7 +125,7 @@ def publish_recipe(recipe: str, repo_id: str, with_data: bool = False, path_in_r
     notes += [f"{name}: left out (a secret)" for name in removed]
     if clean != data:
         header = f"# Published by sft from {source.name}; data paths are relative to this file.\n"
-        text = header + yaml.safe_dump(clean, sort_keys=False, default_flow_style=None, width=120)
+        text = header + recipe_yaml(clean)
     files[path_in_repo] = text.encode()
     repo_id, commit = _commit(repo_id, files, f"Publish recipe {path_in_repo} with sft", token, private, revision,
                               repo_type)
@@ -163,7 +164,7 @@ def push_run(run_dir, repo_id: str, token: str | None = None, private: bool = Fa
     files = run_files(run_dir)
     clean, removed = redact(yaml.safe_load(files["recipe.yaml"]) or {})
     if removed:  # a run written before secrets were filtered
-        files["recipe.yaml"] = yaml.safe_dump(clean, sort_keys=False, default_flow_style=None, width=120).encode()
+        files["recipe.yaml"] = recipe_yaml(clean).encode()
     if "/" not in repo_id:
         try:
             repo_id = f"{_api(token).whoami()['name']}/{repo_id}"

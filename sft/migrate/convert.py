@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sft.errors import UserError
-from sft.io import write_atomic
+from sft.io import recipe_yaml, write_atomic
 from sft.migrate.detect import TOOLS, foreign_tool
 
 # Recipe keys in the order a reader looks for them; the rest follow in the order they were mapped.
@@ -241,8 +241,6 @@ def ordered(recipe: dict) -> dict:
 
 
 def recipe_text(migration: Migration, output: Path) -> str:
-    import yaml
-
     lines = [f"# Migrated by `sft migrate` from the {migration.tool} config {migration.source}."]
     if migration.launch_profile:
         lines.append(f"# Launch: sft launch {output} --profile {migration.launch_profile}")
@@ -251,8 +249,7 @@ def recipe_text(migration: Migration, output: Path) -> str:
     if migration.unmapped:
         lines.append("# Not mapped:")
         lines += [f"#   {key}: {why}" for key, why in in_file_order(migration.unmapped, migration.positions)]
-    body = yaml.safe_dump(ordered(migration.recipe), sort_keys=False, default_flow_style=None, width=120,
-                          allow_unicode=True)
+    body = recipe_yaml(ordered(migration.recipe), allow_unicode=True)
     return "\n".join(lines) + "\n" + body
 
 

@@ -10,9 +10,8 @@ import enum
 import re
 from pathlib import Path
 
-import yaml
 
-from sft.io import write_atomic
+from sft.io import recipe_yaml, write_atomic
 from sft.recipe.fields import Recipe
 from sft.train.hardware import HARDWARE_KEYS
 
@@ -87,5 +86,5 @@ def write_resolved(recipe: Recipe, path: Path, extra_provenance: dict | None = N
     values = resolved_values(recipe)
     values["provenance"] = {"source": recipe.source, "versions": package_versions(), **(extra_provenance or {})}
     text = "# Resolved by sft: every effective value. `sft train <this file>` reproduces the run.\n"
-    text += yaml.safe_dump(values, sort_keys=False, default_flow_style=None, width=120)
+    text += recipe_yaml(values)
     write_atomic(path, text)

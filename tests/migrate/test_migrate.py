@@ -406,6 +406,10 @@ def test_migrate_refuses_to_overwrite(tmp_path):
     assert yaml.safe_load(existing.read_text()) == {"model_name_or_path": "some/model", "method": "full",
                                                     "per_device_train_batch_size": 2, "lr_scheduler_type": "cosine",
                                                     "warmup_steps": 0.03, "num_train_epochs": 1.0}
+    # one key per line, though every value is a scalar (PyYAML alone writes such a mapping as one inline {...})
+    assert [line for line in existing.read_text().splitlines() if not line.startswith("#")] == [
+        "model_name_or_path: some/model", "method: full", "num_train_epochs: 1.0", "per_device_train_batch_size: 2",
+        "lr_scheduler_type: cosine", "warmup_steps: 0.03"]
 
 
 def test_migrate_refuses_a_file_of_no_other_tool(tmp_path):
