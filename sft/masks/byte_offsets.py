@@ -7,7 +7,7 @@ tokenizer time on the preprocessing bench (0.86 s against 1.19 s for 5,000 conve
 of sft's preprocessing time.
 
 The character range computed for a token is the one the tokenizer reports (a token holding part of a multi-byte
-character covers the whole character), and a token is trained exactly as `sft.masks.tokenize.labels_for` decides
+character covers the whole character), and a token is trained exactly as `sft.masks.offsets.labels_for` decides
 with `char_to_token`. Only tokenizers whose offsets are those ranges qualify: no normalizer, no prefix space, no
 offset trimming, no byte fallback, added tokens that strip nothing. A row whose lengths do not add up takes the
 exact path, and the caller compares sampled rows with it.

@@ -1,7 +1,7 @@
 """Rendered examples become `input_ids` and `labels` (-100 where not trained), in batches through `Dataset.map`.
 
-A token is trained when its characters overlap a trained span (the first and the last token of a span are found
-with `char_to_token`, as transformers does), so tokens that merge across a boundary are handled as in TRL's masks.
+A token is trained when its characters overlap a trained span (sft.masks.offsets), so tokens that merge across a
+boundary are handled as in TRL's masks.
 """
 
 import itertools
@@ -13,6 +13,7 @@ import numpy as np
 from sft.errors import UserError
 from sft.io import frozen_heap
 from sft.masks.byte_offsets import byte_lengths, forget_byte_lengths, labels_from_lengths
+from sft.masks.offsets import encode_texts, labels_for, plain_backend, token_parts
 from sft.masks.cache import cache_key, cache_root, scratch_file, scratch_name
 from sft.masks.plan import IGNORE, MaskError, MaskPlan, plan_masks
 from sft.masks.skeleton import skeletons_for
@@ -46,56 +47,6 @@ def render_example(example: dict, plan: MaskPlan, loss_mode: str | None, fallbac
         text = example["text"] + ("" if example["text"].endswith(eos) else eos)
         return [Rendered(text, [(0, len(text))], False)]
     raise MaskError("the example has no messages, prompt/completion or text")
-
-
-def plain_backend(tokenizer) -> bool:
-    """Whether `tokenizer(texts)` is the backend's own encoding (no truncation, padding or special-token change)."""
-    backend = tokenizer.backend_tokenizer
-    return (backend.truncation is None and backend.padding is None
-            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False)))
-
-
-def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool):
-    """`tokenizers.Encoding`s, as `tokenizer(texts)` computes them (the backend directly when nothing differs)."""
-    if plain_backend(tokenizer):
-        return tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
-    return tokenizer(texts, add_special_tokens=add_special_tokens).encodings
-
-
-def token_range(encoding, start: int, end: int) -> tuple[int, int] | None:
-    """[first, last] token overlapping characters [start, end); None when no token does."""
-    first = last = None
-    for char in range(start, end):
-        first = encoding.char_to_token(char)
-        if first is not None:
-            break
-    if first is None:
-        return None
-    for char in range(end - 1, start - 1, -1):
-        last = encoding.char_to_token(char)
-        if last is not None:
-            break
-    return first, last
-
-
-def labels_for(encoding, spans) -> tuple[list[int], list[int]]:
-    ids = encoding.ids
-    labels = [IGNORE] * len(ids)
-    for start, end in spans:
-        found = token_range(encoding, start, end)
-        if found:
-            labels[found[0]: found[1] + 1] = ids[found[0]: found[1] + 1]
-    return ids, labels
-
-
-def token_parts(encoding, parts) -> list[list[int]]:
-    """Reasoning / tool-call character spans as [first token, end token, kind]."""
-    out = []
-    for start, end, kind in parts:
-        found = token_range(encoding, start, end)
-        if found:
-            out.append([found[0], found[1] + 1, kind])
-    return out
 
 
 @dataclass

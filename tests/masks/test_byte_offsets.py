@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from sft.masks.byte_offsets import byte_lengths, forget_byte_lengths, labels_from_lengths
 from sft.masks.plan import plan_masks
 from sft.masks.spans import chat_examples
-from sft.masks.tokenize import Item, agrees_with_offsets, encode_batch, labels_for, tokens_of
+from sft.masks.offsets import labels_for
+from sft.masks.tokenize import Item, agrees_with_offsets, encode_batch, tokens_of
 from sft.masks.spans import Rendered
 from tests.masks.test_real_template_structures import tokenizer_for
 
