@@ -185,22 +185,24 @@ def main(argv: list[str] | None = None) -> None:
 
     address, overrides = exit_on_user_error(split_command_line, argv)
     summary = exit_on_user_error(train, address, [a if a != "--fresh" else "--resume=false" for a in overrides])
-    from sft.train.hardware import under_launcher
+    from sft.launch.status import exit_rank, report_end
+    from sft.train.hardware import under_launcher, world_size
 
+    code = 0
     if summary.get("interrupted"):
-        from sft.launch.status import report_end
-
         # under sft launch the ranks exit 0 (torch-elastic then reports no failure) and the launcher exits 130
         if not report_end(EXIT_INTERRUPTED, failing=False):
-            sys.exit(EXIT_INTERRUPTED)
+            code = EXIT_INTERRUPTED
     elif summary.get("stopped"):
-        from sft.launch.status import report_end
-
         # Stopped on request (SIGTERM, SIGUSR1, the stop file): checkpointed, not finished, so a supervisor must not
         # read it as success. Under sft launch the launcher exits with it; under a plain accelerate launch a rank's
         # non-zero exit would read as a crash, so the ranks exit 0 there.
         if not report_end(EXIT_STOPPED, failing=False) and not under_launcher():
-            sys.exit(EXIT_STOPPED)
+            code = EXIT_STOPPED
+    if world_size() > 1:
+        exit_rank(code)  # every rank's part is saved and the process group is gone: no teardown to abort in
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,21 @@ def read_end(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def exit_rank(code: int):
+    """End one rank of a multi-process run whose process group is already destroyed, without the interpreter's
+    teardown.
+
+    DeepSpeed's hooks keep its engine, and the gloo process groups its parameters hold, alive until that teardown;
+    a gloo thread that drops its last tensor while the interpreter is being torn down can abort the process
+    ("terminate called without an active exception", SIGABRT). The run was saved and marked finished by then,
+    yet torch-elastic reported it failed. So the exit handlers run here (scratch folders, trackers, logging), the
+    output is flushed, and the process leaves as multiprocessing's own children do, with os._exit."""
+    import atexit
+    import sys
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
