@@ -147,19 +147,42 @@ def appended_stop(plan: MaskPlan, conversation: Conversation, prompt: str, gener
 
 
 def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
-    """Assistant message i as the model generates it (the definition above). A template that drops the reasoning
-    from every assistant turn, the one being answered included, while its generation prompt opens the reasoning
-    (DeepSeek-R1 and its distills: "<think>\\n") is given the turn with its reasoning inline and kept: what the
-    model generates after that prompt is the reasoning, </think>, then the answer."""
+    """Assistant message i as the model generates it (the definition above). Where the generation prompt opens the
+    reasoning (ends in <think>) and the template's rendering of the turn holds none, the turn is `reasoning_kept`."""
     turn = rendered_turn(plan, conversation, i)
     prompt = conversation.render(i, True)
-    if THINK_END in turn.trained or not prompt.rstrip(" \t\n").endswith(THINK):
+    if not prompt.rstrip(" \t\n").endswith(THINK) or holds_reasoning(turn.trained):
         return turn
-    content = as_generated(conversation.messages[i], prompt[prompt.rindex(THINK):])
+    return reasoning_kept(plan, conversation, i, prompt) or turn
+
+
+def holds_reasoning(trained: str) -> bool:
+    """Whether a turn's trained text holds a </think> other than a bare one at its start (DeepSeek-V3.1 writes that
+    one for a turn without reasoning)."""
+    return THINK_END in trained.lstrip(" \t\n").removeprefix(THINK_END)
+
+
+def reasoning_kept(plan: MaskPlan, conversation: Conversation, i: int, prompt: str) -> Turn | None:
+    """Assistant message i with its reasoning, for a template that drops the reasoning from every assistant turn,
+    the one being answered included, while its generation prompt `prompt` opens it: what the model generates after
+    that prompt is the reasoning, </think>, then the answer, ended as the template ends the turn. The turn is
+    rendered with its reasoning inline. DeepSeek-R1 (and its distills: "<think>\\n") writes it right after the
+    header; DeepSeek-V3.1 in thinking mode writes its non-thinking </think> there first, where the prompt has <think>.
+    None when the message has no reasoning or the template does not render it that way."""
+    opening = prompt[prompt.rindex(THINK):]
+    content = as_generated(conversation.messages[i], opening)
     if content is None:
-        return turn
-    kept = rendered_turn(plan, conversation.generated_as(i, content), i)
-    return kept if kept.prompt == prompt and THINK_END in kept.trained else turn
+        return None
+    kept = conversation.generated_as(i, content)
+    before, full = kept.render(i), kept.render(i + 1)
+    if not prompt.startswith(before):
+        return None
+    header = prompt[len(before):len(prompt) - len(opening)]
+    for marker in ("", THINK_END):
+        if full.startswith(before + header + marker + opening):
+            turn = ended_turn(plan, kept, i, prompt, full[len(before + header + marker + opening):])
+            return turn if THINK_END in turn.trained else None
+    return None
 
 
 def rendered_turn(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
@@ -179,7 +202,12 @@ def rendered_turn(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
             prompt = full[:start]
         else:
             start = generation_start(prompt, full, conversation.messages[i - 1], number)
-    generated = full[start:]
+    return ended_turn(plan, conversation, i, prompt, full[start:])
+
+
+def ended_turn(plan: MaskPlan, conversation: Conversation, i: int, prompt: str, generated: str) -> Turn:
+    """The turn after `prompt` whose rendering continues with `generated`: trained through the end of generation."""
+    number = i + 1
     end = end_of_generation(plan, generated)
     if end is None:
         trained, after = generated + appended_stop(plan, conversation, prompt, generated, number), ""

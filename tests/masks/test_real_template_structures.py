@@ -72,6 +72,13 @@ STRUCTURES = {
                          "{% set c = c.split('</think>')[-1] %}{% endif %}<|Assistant|>{{ c }}"
                          "<|eos|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|><think>\n"
                          "{% endif %}", ["<|User|>", "<|Assistant|>", "<|eos|>"], ["<|eos|>"]),
+    # DeepSeek-V3.1 in thinking mode (chat_template_kwargs: {thinking: true}): the reasoning split off every
+    # assistant turn, each written after the header and </think> (no reasoning); the generation prompt opens it.
+    "think_marker": ("<s>{% for m in messages %}{% if m.role == 'user' %}<|User|>{{ m.content }}"
+                     "{% elif m.role == 'assistant' %}{% set c = m.content %}{% if '</think>' in c %}"
+                     "{% set c = c.split('</think>', 1)[1] %}{% endif %}<|Assistant|></think>{{ c }}"
+                     "<|eos|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|><think>"
+                     "{% endif %}", ["<|User|>", "<|Assistant|>", "<|eos|>"], ["<|eos|>"]),
     # Apertus / nanochat: the turn's end token (the model's eos) is written only when the next turn starts, and
     # nothing after the last turn.
     "closed_by_next": ("<|bos|>{% for m in messages %}{% if m.role == 'assistant' %}<|assistant_start|>"
@@ -91,9 +98,10 @@ STRUCTURES["text_arguments"] = (
     ["<|User|>", "<|Assistant|>", "<|call|>", "<|sep|>", "<|/call|>", "<|out|>", "<|/out|>", "<|eos|>"],
     ["<|eos|>"])
 REASONING_FIELD = {"drops_reasoning": "reasoning_content", "reasoning_field": "reasoning_content",
-                   "channels": "thinking", "header_in_prompt": "reasoning_content"}
+                   "channels": "thinking", "header_in_prompt": "reasoning_content",
+                   "think_marker": "reasoning_content"}
 RENDERS_TOOLS = {"drops_reasoning", "reasoning_field", "no_end_token", "text_arguments"}
-NO_SYSTEM = {"channels", "header_in_prompt", "text_arguments"}
+NO_SYSTEM = {"channels", "header_in_prompt", "text_arguments", "think_marker"}
 
 
 def trl_templates() -> dict[str, str]:
@@ -269,6 +277,27 @@ def test_a_single_turn_of_a_template_that_drops_reasoning_keeps_it(content, gene
     tokenizer, _, rows = rows_for("header_in_prompt", messages)
     assert [masked(tokenizer, r) for r in rows] == [f"<s><|User|>a<|Assistant|><think>\n⟦{generated}<|eos|>⟧"]
     assert rows[0]["part"] == 0
+
+
+@pytest.mark.parametrize("form", ["reasoning_content", "inline"])
+def test_reasoning_is_kept_where_the_template_writes_no_reasoning_marker_and_the_prompt_opens_it(form):
+    """DeepSeek-V3.1-like in thinking mode: every assistant turn is written `<|Assistant|></think>answer`, the
+    generation prompt is `<|Assistant|><think>`. The model generates the reasoning, </think> and the answer after
+    that prompt: each turn is trained so, in the context it is generated in (earlier turns without reasoning).
+    Before, `</think>answer` was trained after `<|Assistant|>` and the reasoning was silently dropped."""
+    messages = [{"role": "user", "content": "Wie viel ist 2+2?"}, reasoning_turn("**4** ✓", "2 plus 2 ist 4.", form),
+                {"role": "user", "content": "und 3+3 ?"}, reasoning_turn("6", "3+3 = 6", form)]
+    tokenizer, _, rows = rows_for("think_marker", messages)
+    assert [(r["error"], r["part"]) for r in rows] == [(None, 1), (None, 2)]
+    assert [masked(tokenizer, r) for r in rows] == [
+        "<s><|User|>Wie viel ist 2+2?<|Assistant|><think>⟦2 plus 2 ist 4.</think>**4** ✓<|eos|>⟧",
+        "<s><|User|>Wie viel ist 2+2?<|Assistant|></think>**4** ✓<|eos|><|User|>und 3+3 ?<|Assistant|><think>"
+        "⟦3+3 = 6</think>6<|eos|>⟧"]
+    assert [[p[2] for p in r["parts"]] for r in rows] == [[1], [1]]  # the reasoning span, for `sft preview`
+    # an empty think block written in the data is generated as it is written: </think> right after <think>
+    _, _, rows = rows_for("think_marker", [{"role": "user", "content": "a"},
+                                           {"role": "assistant", "content": "<think>\n</think>b"}])
+    assert [masked(tokenizer, r) for r in rows] == ["<s><|User|>a<|Assistant|><think>⟦\n</think>b<|eos|>⟧"]
 
 
 def test_mask_fallback_applies_to_a_template_that_drops_reasoning_from_every_turn():

@@ -2,7 +2,8 @@
 
 for each assistant turn i, P = the conversation before it rendered with add_generation_prompt=True and F = the
 conversation through it (where that drops the turn's own reasoning and P ends in <think>: rendered with the
-reasoning inline and its </think> hidden from the template, so the reasoning is kept); the trained text is F after
+reasoning inline and its </think> hidden from the template, so the reasoning is kept; a </think> the template writes
+before that <think>, as for a turn without reasoning, is left out); the trained text is F after
 P, up to and including the first generation stop token; where the template writes no stop token, up to its last
 special token; where it writes no token after the last turn, plus the stop token it writes before the next turn."""
 
@@ -53,6 +54,10 @@ def definition(tokenizer, messages, tools=None, stops=(), **kwargs):
             kept = {k: v for k, v in message.items() if k not in ("reasoning_content", "thinking")}
             kept["content"] = content.replace("</think>", "\x00")
             kept_full = render(tokenizer, messages[:i] + [kept], tools, **kwargs).replace("\x00", "</think>")
+            # DeepSeek-V3.1 in thinking mode writes </think> (no reasoning) after the header, where P writes <think>
+            marked = prompt[:len(prompt) - len(opening)] + "</think>" + opening
+            if kept_full.startswith(marked) and prompt.startswith(before):
+                kept_full = prompt + kept_full[len(marked):]
             if kept_full.startswith(prompt) and "</think>" in kept_full[len(prompt):]:
                 conversation, full = messages[:i] + [kept] + messages[i + 1:], kept_full
         common = len(os.path.commonprefix([prompt, full]))
