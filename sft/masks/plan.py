@@ -33,6 +33,7 @@ class MaskPlan:
     template_kwargs: dict = field(default_factory=dict)
     special_run: re.Pattern | None = None  # optional whitespace, then one special token
     special_tokens: tuple[str, ...] = ()  # the tokenizer's special tokens, longest first
+    text_parts: bool = False  # the template renders text only as content parts: rows' parts are kept, not joined
     description: str = "the model's own template, rendered turn by turn"
 
 
@@ -83,9 +84,26 @@ def plan_masks(tokenizer, loss_mode: str | None = "assistant", chat_template: st
         plan.description = "no chat template"
         return plan
     compile_template(template)
+    plan.text_parts = renders_text_only_as_parts(plan)
     if loss_mode != "all":
         plan.closer, plan.closer_written_last = find_closer(plan)
     return plan
+
+
+def renders_text_only_as_parts(plan: MaskPlan) -> bool:
+    """Whether the template writes a message's text only when it comes as content parts ([{"type": "text", "text":
+    ...}], as some vision models' templates want). Otherwise rows' text parts are joined into a string before
+    rendering: a text-only template (Llama 3.2, Gemma 2) writes a list as its Python repr, "[{'type': 'text', ...",
+    and that would be trained."""
+    text = OPEN + "Hi" + CLOSE
+
+    def writes(content) -> bool:
+        try:
+            return text in render(plan, [{"role": "user", "content": content}])
+        except MaskError:
+            return False
+
+    return not writes(text) and writes([{"type": "text", "text": text}])
 
 
 def special_run_at(plan: MaskPlan, text: str) -> list[str]:

@@ -262,6 +262,9 @@ def chat_examples(plan: MaskPlan, example: dict, loss_mode: str, fallback: str) 
     messages = clean_messages(example["messages"])
     if not messages:
         raise MaskError("the conversation has no messages")
+    if not plan.text_parts:  # text parts as one string, as the template writes text (not a list's repr)
+        messages = [{**m, "content": content_text(m["content"])} if isinstance(m.get("content"), list) else m
+                    for m in messages]
     tools = example.get("tools")
     tools = json.loads(tools) if isinstance(tools, str) else tools
     row_kwargs = example.get("chat_template_kwargs")

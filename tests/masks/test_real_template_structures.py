@@ -154,6 +154,41 @@ def test_a_trimming_template_trains_what_it_renders_and_never_stops():
     assert rows[0]["error"] is None and trained(tokenizer, rows) == ["padded answer<|eot|>"]
 
 
+def parts(text: str) -> list[dict]:
+    return [{"type": "text", "text": text}]
+
+
+def test_text_parts_reach_a_text_only_template_as_text_not_as_a_lists_repr():
+    """OpenAI-style content parts are common in chat data. Llama 3.2 and Gemma 2 write `{{ content | trim }}`, which
+    for a list is its Python repr: "[{'type': 'text', ...}]" was rendered and trained. The parts are joined first."""
+    as_text = [{"role": "user", "content": " Grüß dich "}, {"role": "assistant", "content": "Hallo ✓\n"}]
+    as_parts = [{"role": "user", "content": parts(" Grüß") + parts(" dich ")},
+                {"role": "assistant", "content": parts("Hallo ") + parts("✓\n")}]
+    tokenizer, _, text_rows = rows_for("trims", as_text)
+    _, _, parts_rows = rows_for("trims", as_parts)
+    assert [masked(tokenizer, r) for r in parts_rows] == [masked(tokenizer, r) for r in text_rows] == [
+        "<|hdr|>user<|/hdr|>Grüß dich<|eot|><|hdr|>assistant<|/hdr|>⟦Hallo ✓<|eot|>⟧"]
+    # R1-like: reasoning inside a text part is kept as it is for a string
+    r1_parts = parts("<think>\nr1\n</think>\n\none")
+    tokenizer, _, rows = rows_for("header_in_prompt", [{"role": "user", "content": parts("a")},
+                                                       {"role": "assistant", "content": r1_parts}])
+    assert [masked(tokenizer, r) for r in rows] == ["<s><|User|>a<|Assistant|><think>\n⟦r1\n</think>\n\none<|eos|>⟧"]
+
+
+def test_a_template_that_writes_text_only_from_parts_is_given_the_parts():
+    """Some vision models' templates loop over content parts and write nothing for a string."""
+    STRUCTURES["parts_only"] = ("{% for m in messages %}<|s|>{{ m.role }}\n{% for p in m.content %}"
+                                "{% if p.type == 'text' %}{{ p.text }}{% endif %}{% endfor %}<|e|>{% endfor %}"
+                                "{% if add_generation_prompt %}<|s|>assistant\n{% endif %}", ["<|s|>", "<|e|>"],
+                                ["<|e|>"])
+    try:
+        messages = [{"role": "user", "content": parts("a")}, {"role": "assistant", "content": parts("b") + parts("c")}]
+        tokenizer, _, rows = rows_for("parts_only", messages)
+        assert [masked(tokenizer, r) for r in rows] == ["<|s|>user\na<|e|><|s|>assistant\n⟦bc<|e|>⟧"]
+    finally:
+        del STRUCTURES["parts_only"]
+
+
 @pytest.mark.parametrize("form", ["reasoning_content", "inline"])
 def test_reasoning_dropped_from_history_is_trained_turn_by_turn_in_the_context_the_model_sees(form):
     messages = [{"role": "user", "content": "a"}, reasoning_turn("one", "r1", form),
