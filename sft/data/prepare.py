@@ -93,7 +93,7 @@ def prepare_here(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     from sft.templates.chat import check_has_template
     from sft.masks.plan import generation_stop_tokens, plan_masks
     from sft.masks.spans import FALLBACKS
-    from sft.masks.summary import column_array, describe_bad_rows, split_note, summarise
+    from sft.masks.summary import column_array, describe_bad_rows, summarise, summary_notes
     from sft.masks.tokenize import tokenize_all
 
     notes = []
@@ -128,13 +128,13 @@ def prepare_here(recipe, tokenizer, limit: int | None = None, strict: bool = Tru
     summary_args = (recipe.sft.skip_bad_rows, recipe.sft.max_dropped_fraction, recipe.training.max_length)
     keep, stats, train_problems = summarise(tokenized, "training data", *summary_args)
     problems += train_problems
-    notes += [note for note in [split_note("training data", stats)] if note]
+    notes += summary_notes("training data", stats)
     eval_final = None
     if eval_set is not None and len(eval_set):
         eval_tokenized = tokenize_all(eval_set, source="eval data", **settings)
         eval_keep, eval_stats, eval_problems = summarise(eval_tokenized, "eval data", *summary_args)
         problems += eval_problems
-        notes += [note for note in [split_note("eval data", eval_stats)] if note]
+        notes += summary_notes("eval data", eval_stats)
         eval_final = eval_tokenized.full.select(eval_keep).select_columns(["input_ids", "labels"])
         stats["eval_examples"] = len(eval_keep)
     full = tokenized.full.select(keep)

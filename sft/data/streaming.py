@@ -194,7 +194,7 @@ def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool 
     from sft.templates.chat import check_has_template
     from sft.masks.plan import generation_stop_tokens, plan_masks
     from sft.masks.spans import FALLBACKS
-    from sft.masks.summary import column, describe_bad_rows, split_note, summarise
+    from sft.masks.summary import column, describe_bad_rows, summarise, summary_notes
     from sft.masks.tokenize import COLUMNS, Tokenized, arrow_table
 
     notes = []
@@ -225,7 +225,7 @@ def prepare_streaming(recipe, tokenizer, limit: int | None = None, strict: bool 
     if bad and not recipe.sft.skip_bad_rows:
         problems.append(describe_bad_rows(bad))
     problems += head_problems
-    notes += [note for note in [split_note("training data", stats)] if note]
+    notes += summary_notes("training data", stats)
     notes.append(f"streaming: the first {len(head):,} rows are checked before training; the rest is checked, "
                  "normalised and masked as training reads it (bad rows reported as they are met)")
     source_of = {row["where"]: row["source"] for row in head}

@@ -39,6 +39,14 @@ def as_generated(message: dict, opening: str) -> str | None:
     return opening + reasoning_of(message) + closing + content.lstrip()
 
 
+def reasoning_not_in(message: dict, trained: str) -> bool:
+    """Whether the message carries reasoning (inline or in a field) and none of it is in the turn's trained text:
+    the template does not write it (Llama 3.2 ignores reasoning_content; DeepSeek-V3.1 with thinking off)."""
+    given = [reasoning_of(message)] + [message[k].strip() for k in REASONING_FIELDS if isinstance(message.get(k), str)]
+    given = [text for text in given if text]
+    return bool(given) and not any(text in trained for text in given)
+
+
 def turn_parts(message: dict, trained: str, stop_at: int) -> list:
     """(start, end, kind) of the reasoning and the tool calls inside a turn's trained text, where they are found."""
     parts = []

@@ -16,7 +16,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from sft.masks.content import REASONING_FIELDS, THINK, THINK_END, as_generated, content_text, turn_parts
+from sft.masks.content import (REASONING_FIELDS, THINK, THINK_END, as_generated, content_text, reasoning_not_in,
+                               turn_parts)
 from sft.masks.plan import MaskError, MaskPlan, render, special_run_at
 
 HIDDEN_THINK_END = "\ue002"  # stands for </think> where a template must not find it
@@ -35,6 +36,7 @@ class Turn:
     trained: str  # what the model generates after P, through the end-of-generation token
     after: str = ""  # what the template writes after that (untrained: e.g. the next header)
     parts: list = field(default_factory=list)  # (start, end, kind) inside `trained`: reasoning, tool calls
+    reasoning_left_out: bool = False  # the message's reasoning is not in `trained` (the template does not write it)
 
     @property
     def text(self) -> str:
@@ -51,6 +53,7 @@ class Rendered:
     parts: list = field(default_factory=list)
     part: int = 0  # 0: a whole conversation; k: the k-th example a split conversation became
     fell_back: bool = False
+    reasoning_left_out: int = 0  # trained turns whose reasoning the template does not write
 
 
 class Conversation:
@@ -151,9 +154,10 @@ def turn_at(plan: MaskPlan, conversation: Conversation, i: int) -> Turn:
     reasoning (ends in <think>) and the template's rendering of the turn holds none, the turn is `reasoning_kept`."""
     turn = rendered_turn(plan, conversation, i)
     prompt = conversation.render(i, True)
-    if not prompt.rstrip(" \t\n").endswith(THINK) or holds_reasoning(turn.trained):
-        return turn
-    return reasoning_kept(plan, conversation, i, prompt) or turn
+    if prompt.rstrip(" \t\n").endswith(THINK) and not holds_reasoning(turn.trained):
+        turn = reasoning_kept(plan, conversation, i, prompt) or turn
+    turn.reasoning_left_out = reasoning_not_in(conversation.messages[i], turn.trained)
+    return turn
 
 
 def holds_reasoning(trained: str) -> bool:
@@ -236,7 +240,7 @@ def example_of(turns: list[Turn], part: int = 0, fell_back: bool = False) -> Ren
         start = len(turn.prompt)
         spans.append((start, start + len(turn.trained)))
         parts += [(start + a, start + b, kind) for a, b, kind in turn.parts]
-    return Rendered(turns[-1].text, spans, True, parts, part, fell_back)
+    return Rendered(turns[-1].text, spans, True, parts, part, fell_back, sum(t.reasoning_left_out for t in turns))
 
 
 def grouped(turns: list[Turn]) -> list[list[Turn]]:

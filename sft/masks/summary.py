@@ -29,6 +29,7 @@ def summarise(tokenized, source: str, skip_bad_rows: bool, max_dropped_fraction:
     trained, lengths = column_array(full, "trained"), column_array(full, "length")
     lost, truncated = column_array(full, "lost").astype(bool), column_array(full, "truncated").astype(bool)
     fallback, parts = column_array(full, "fallback").astype(bool), column_array(full, "part")
+    reasoning_left_out = column_array(full, "reasoning_left_out")
     untrained = ~has_error & (trained == 0) & ~lost
     problems = []
     # only the bad rows' where and reason become Python values: the errors first, then the untrained rows
@@ -58,6 +59,7 @@ def summarise(tokenized, source: str, skip_bad_rows: bool, max_dropped_fraction:
         "fallback": int(fallback[keep].sum()),
         # conversations the template made split (split_turns, asked for, is not counted)
         "split": int(((parts == 1) & ~fallback).sum()),
+        "reasoning_left_out": int(reasoning_left_out[keep].sum()),  # trained turns whose reasoning is not written
         "length_percentiles": percentiles(kept_lengths),
         "cache": tokenized.cache,
         "masks": tokenized.plan.description,
@@ -65,13 +67,19 @@ def summarise(tokenized, source: str, skip_bad_rows: bool, max_dropped_fraction:
     return keep, stats, problems
 
 
-def split_note(source: str, stats: dict) -> str | None:
-    """The one line saying how many conversations were split, if any."""
-    if not stats.get("split"):
-        return None
-    return (f"{source}: {stats['split']} conversation(s) split into one example per assistant turn, because the chat "
-            "template renders earlier turns differently from how the model generated them (e.g. drops their "
-            "reasoning); each turn is trained in the context the model sees")
+def summary_notes(source: str, stats: dict) -> list[str]:
+    """The lines saying how many conversations were split and how many turns' reasoning is not trained, if any."""
+    notes = []
+    if stats.get("split"):
+        notes.append(f"{source}: {stats['split']} conversation(s) split into one example per assistant turn, because "
+                     "the chat template renders earlier turns differently from how the model generated them (e.g. "
+                     "drops their reasoning); each turn is trained in the context the model sees")
+    if stats.get("reasoning_left_out"):
+        notes.append(f"{source}: {stats['reasoning_left_out']} trained assistant turn(s) carry reasoning "
+                     "(reasoning_content, thinking or <think>...</think>) that the chat template does not write, so "
+                     "it is not trained; check chat_template_kwargs (e.g. thinking: true) or use a template that "
+                     "renders reasoning")
+    return notes
 
 
 def describe_bad_rows(bad: list[tuple[str, str]]) -> str:

@@ -20,7 +20,7 @@ from sft.masks.skeleton import skeletons_for
 from sft.masks.spans import FALLBACKS, Rendered, chat_examples
 
 COLUMNS = ("input_ids", "labels", "length", "trained", "truncated", "lost", "error", "where", "source", "fallback",
-           "part", "parts", "bad")
+           "part", "parts", "bad", "reasoning_left_out")
 NO_TOKENS = np.zeros(0, np.int32)  # the ids and labels of a row that failed
 
 
@@ -167,6 +167,7 @@ def encode_batch(batch, indices, tokenizer, plan, loss_mode, max_length, truncat
         out["part"].append(rendered.part if rendered else 0)
         out["parts"].append(parts)
         out["bad"].append(item.bad)
+        out["reasoning_left_out"].append(rendered.reasoning_left_out if rendered else 0)
     return arrow_table(out)
 
 
@@ -177,7 +178,8 @@ def arrow_table(columns: dict):
     ids = pa.list_(pa.int32())
     types = {"input_ids": ids, "labels": ids, "length": pa.int32(), "trained": pa.int32(), "truncated": pa.bool_(),
              "lost": pa.bool_(), "error": pa.string(), "where": pa.string(), "source": pa.int32(),
-             "fallback": pa.bool_(), "part": pa.int32(), "parts": pa.list_(ids), "bad": pa.string()}
+             "fallback": pa.bool_(), "part": pa.int32(), "parts": pa.list_(ids), "bad": pa.string(),
+             "reasoning_left_out": pa.int32()}
     lists = {name: int32_lists(columns[name]) for name in ("input_ids", "labels")}
     return pa.table({name: lists[name] if name in lists else pa.array(columns[name], type=types[name])
                      for name in COLUMNS})

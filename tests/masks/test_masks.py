@@ -260,17 +260,41 @@ def test_mask_fallbacks():
 
 
 def test_split_conversations_are_counted_in_one_note():
-    from sft.masks.summary import split_note
+    from sft.masks.summary import summary_notes
     from sft.tiny import build_tokenizer
 
     tokenizer = build_tokenizer("char", chat_template=STRIPS_REASONING)
     kept, stats = tokenize_dataset(dataset([{"messages": REASONING}, {"messages": REASONING},
                                             {"messages": MULTI}]), tokenizer, "assistant", keep_stats=True)
     assert len(kept) == 5 and stats["split"] == 2
-    assert split_note("training data", stats) == (
+    assert stats["reasoning_left_out"] == 0  # each turn is trained with its reasoning, in its own example
+    assert summary_notes("training data", stats) == [
         "training data: 2 conversation(s) split into one example per assistant turn, because the chat template "
         "renders earlier turns differently from how the model generated them (e.g. drops their reasoning); each "
-        "turn is trained in the context the model sees")
+        "turn is trained in the context the model sees"]
+
+
+def test_reasoning_the_template_does_not_write_is_counted_in_one_note():
+    """Llama 3.2 and ChatML-like templates write only `content`: a reasoning_content field (or DeepSeek-V3.1's
+    reasoning with thinking off) is silently not trained. The turns are trained as written, and counted."""
+    from sft.masks.summary import summary_notes
+    from sft.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer("char")  # ChatML, {{ message['content'] }}
+    with_field = [{"role": "user", "content": "a"},
+                  {"role": "assistant", "content": "one", "reasoning_content": "erst denken ✓"},
+                  {"role": "user", "content": "b"}, {"role": "assistant", "content": "two", "thinking": "r2"}]
+    inline = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>r1</think>one"}]
+    kept, stats = tokenize_dataset(dataset([{"messages": with_field}, {"messages": inline}, {"messages": MULTI}]),
+                                   tokenizer, "assistant", keep_stats=True)
+    assert len(kept) == 3 and stats["reasoning_left_out"] == 2  # the inline reasoning is written, and trained
+    assert summary_notes("training data", stats) == [
+        "training data: 2 trained assistant turn(s) carry reasoning (reasoning_content, thinking or "
+        "<think>...</think>) that the chat template does not write, so it is not trained; check "
+        "chat_template_kwargs (e.g. thinking: true) or use a template that renders reasoning"]
+    # only trained turns count: with last_assistant the first turn's reasoning is not the note's business
+    _, stats = tokenize_dataset(dataset([{"messages": with_field}]), tokenizer, "last_assistant", keep_stats=True)
+    assert stats["reasoning_left_out"] == 1
 
 
 def test_bad_conversations_are_named():
