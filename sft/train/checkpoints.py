@@ -40,7 +40,12 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 def fsync_paths(paths) -> None:
     for path in paths:
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            # Another rank's temporary file, renamed away after it was listed (a rank can reach the checkpoint's
+            # end while rank 0 still writes its files); that rank syncs the final file itself before the barrier.
+            continue
         try:
             os.fsync(fd)
         finally:

@@ -147,6 +147,21 @@ def test_resuming_falls_back_to_the_previous_whole_checkpoint_with_one_line(base
     assert digest(out) == before
 
 
+def test_a_file_another_rank_renames_away_while_this_rank_syncs_the_checkpoint_is_passed_over(tmp_path):
+    """Rank 1 can list checkpoint-N while rank 0 still writes into it: a temporary file it listed is renamed before
+    it is opened (CI failed so: FileNotFoundError on checkpoint-52/.tmpNxJFvn). Rank 0 syncs the final file."""
+    from sft.train.checkpoints import checkpoint_files, fsync_paths
+
+    folder = tmp_path / "checkpoint-52"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / ".tmpNxJFvn").write_text("{}")
+    listed = checkpoint_files(folder)
+    (folder / ".tmpNxJFvn").rename(folder / "trainer_state.json")  # rank 0's atomic write finishes
+    fsync_paths([*listed, folder])
+    assert [p.name for p in listed] == [".tmpNxJFvn", "model.safetensors"]
+
+
 def test_a_checkpoint_marker_written_by_an_older_sft_is_still_trusted(base, tmp_path):
     from sft.train.checkpoints import COMPLETE_MARKER, complete_checkpoints
 
